@@ -1,0 +1,132 @@
+"""The paper's loss family (Wu et al. 2019, Eqs. 1, 2, 7, 8, 10, 11, 12), each a pure function.
+
+Convention (the paper's beta values depend on it): ``||v||_2^2`` is the squared L2 norm summed over
+all pixels and channels of one image, and ``1/N sum_i`` is the mean over the batch axis. For an
+image batch ``[B, H, W, C]`` that is ``mean_b sum_{h,w,c} v[b,h,w,c]**2``. The weight decay of
+Eq. 10 is the plain sum of squares of every trainable parameter (kernels and biases).
+
+Every function returns ``(scalar, terms)`` where ``terms`` is a dict of every term by name, for
+logging and ablation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Terms = dict[str, Array]
+
+
+def squared_norm(v: Array) -> Array:
+    """Per-sample ``||v_i||_2^2``: [B, ...] -> [B], summed over every non-batch axis."""
+    v = v.astype(jnp.float32)
+    return jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)))
+
+
+def noise2clean(y: Array, x: Array) -> tuple[Array, Terms]:
+    """Eq. 1: ``1/N sum_i ||f(x_i + n_i) - x_i||^2``.
+
+    Args:
+      y: network output ``f(x + n; Theta)``, [B, H, W, C].
+      x: clean target, [B, H, W, C].
+    """
+    loss = jnp.mean(squared_norm(y - x))
+    return loss, {"noise2clean": loss}
+
+
+def noise2noise(y1: Array, x2: Array) -> tuple[Array, Terms]:
+    """Eq. 2: ``1/N sum_i ||f(x_i + n_i1) - (x_i + n_i2)||^2``.
+
+    Args:
+      y1: ``f(x + n1; Theta)``, [B, H, W, C].
+      x2: the other noisy realisation ``x + n2``, [B, H, W, C].
+    """
+    loss = jnp.mean(squared_norm(y1 - x2))
+    return loss, {"noise2noise": loss}
+
+
+def consensus_clean(y1: Array, y2: Array, x: Array) -> tuple[Array, Terms]:
+    """Eq. 7, the Noise2clean consensus model ``Lc = 1/N sum_i ||(y_i1 + y_i2)/2 - x_i||^2``.
+
+    Also returns the three terms of its factorisation
+    ``1/2 ||y1 - x||^2 + 1/2 ||y2 - x||^2 - 1/4 ||y1 - y2||^2`` (each batch-averaged), whose
+    weighted sum equals ``Lc``.
+
+    Args:
+      y1, y2: ``f(x + n1; Theta1)`` and ``f(x + n2; Theta2)``, [B, H, W, C].
+      x: clean target, [B, H, W, C].
+    """
+    loss = jnp.mean(squared_norm(0.5 * (y1 + y2) - x))
+    terms = {
+        "consensus_clean": loss,
+        "fit1_clean": jnp.mean(squared_norm(y1 - x)),
+        "fit2_clean": jnp.mean(squared_norm(y2 - x)),
+        "disagreement": jnp.mean(squared_norm(y1 - y2)),
+    }
+    return loss, terms
+
+
+def consensus_loss(y1: Array, y2: Array, x1: Array, x2: Array) -> tuple[Array, Terms]:
+    """Eq. 8, the Noise2noise consensus loss ``Ln``.
+
+    ``Ln = 1/N sum_i [1/2 ||y_i1 - (x_i + n_i2)||^2 + 1/2 ||y_i2 - (x_i + n_i1)||^2
+    - 1/4 ||y_i1 - y_i2||^2]`` with ``y_i1 = f(x_i + n_i1; Theta1)`` and
+    ``y_i2 = f(x_i + n_i2; Theta2)``.
+
+    Args:
+      y1, y2: outputs of the two networks, [B, H, W, C].
+      x1, x2: the two noisy halves ``x + n1`` and ``x + n2``, [B, H, W, C].
+
+    Returns:
+      ``Ln`` and the terms ``fit1 = mean ||y1 - x2||^2``, ``fit2 = mean ||y2 - x1||^2`` and
+      ``disagreement = mean ||y1 - y2||^2``; ``Ln = fit1/2 + fit2/2 - disagreement/4``.
+    """
+    fit1 = jnp.mean(squared_norm(y1 - x2))
+    fit2 = jnp.mean(squared_norm(y2 - x1))
+    disagreement = jnp.mean(squared_norm(y1 - y2))
+    loss = 0.5 * fit1 + 0.5 * fit2 - 0.25 * disagreement
+    return loss, {"consensus": loss, "fit1": fit1, "fit2": fit2, "disagreement": disagreement}
+
+
+def weight_decay(*param_sets: Any) -> tuple[Array, Terms]:
+    """Eq. 10, ``Lw = ||Theta1||^2 + ||Theta2||^2``: sum of squares of every parameter.
+
+    Takes any number of parameter pytrees (two for the consensus pair, one for a single network).
+    """
+    total = jnp.zeros((), jnp.float32)
+    for params in param_sets:
+        for leaf in jax.tree_util.tree_leaves(params):
+            total = total + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+    return total, {"weight_decay": total}
+
+
+def image_consistency(z: Array, x_est: Array) -> tuple[Array, Terms]:
+    """Eq. 11, ``Lr = 1/N sum_i ||z_i - x_est_i||^2`` with ``z = (y1 + y2)/2`` (Eq. 9).
+
+    Args:
+      z: the denoised image of Eq. 9, [B, H, W, C].
+      x_est: an estimate of x (CT: quarter-dose FBP of all views; MRI: SENSE), [B, H, W, C].
+    """
+    loss = jnp.mean(squared_norm(z - x_est))
+    return loss, {"image_consistency": loss}
+
+
+def total_loss(y1: Array, y2: Array, x1: Array, x2: Array, x_est: Array, params1: Any,
+               params2: Any, beta_w: float, beta_r: float) -> tuple[Array, Terms]:
+    """Eq. 12, ``L = Ln + beta_w Lw + beta_r Lr`` for the consensus pair.
+
+    Args:
+      y1, y2: ``f(x1; Theta1)``, ``f(x2; Theta2)``, [B, H, W, C].
+      x1, x2: the two noisy halves, [B, H, W, C].
+      x_est: estimate of x for Eq. 11, [B, H, W, C].
+      params1, params2: Theta1 and Theta2 (pytrees).
+      beta_w, beta_r: weights of Eq. 10 and Eq. 11 (paper CT: 5e-6, 0.5; MRI: 1e-6, 5).
+    """
+    ln, terms = consensus_loss(y1, y2, x1, x2)
+    lw, _ = weight_decay(params1, params2)
+    lr, _ = image_consistency(0.5 * (y1 + y2), x_est)
+    loss = ln + beta_w * lw + beta_r * lr
+    return loss, {**terms, "weight_decay": lw, "image_consistency": lr, "total": loss}

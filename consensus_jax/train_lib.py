@@ -1,0 +1,243 @@
+"""Train state, the jit-compiled train step for the paper's three training schemes, and `denoise`.
+
+Schemes (``loss.kind``):
+  * ``noise2clean`` (Eq. 1): one network, input ``batch[loss.noise2clean_input]`` (CT: the
+    quarter-dose FBP of all views, ``x_est``), target ``batch["x_ref"]`` (CT: full-dose FBP).
+  * ``noise2noise`` (Eq. 2): one network, ``x1 -> x2``.
+  * ``consensus`` (Eq. 12): two networks, ``Ln + beta_w Lw + beta_r Lr``.
+
+Both networks of the consensus pair live in one params pytree and one optimizer state, so one
+jitted step updates both. Two layouts exist (``model.param_layout``): ``"separate"``
+(``{"net1": ..., "net2": ...}``, two applies) and ``"stacked"`` (each leaf stacked on a leading
+axis of size 2 and the network ``vmap``ped). ``"separate"`` is the default on every platform: on
+XLA CPU the vmapped (grouped) convolutions are several times slower (see bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from consensus_jax import losses
+from consensus_jax.models import UNet, UNetConfig, apply_padded, init_params
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+
+LOSS_KINDS = ("noise2clean", "noise2noise", "consensus")
+PARAM_LAYOUTS = ("separate", "stacked")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What is trained: the scheme, the network and how the pair's parameters are laid out.
+
+    Attributes:
+      kind: one of ``LOSS_KINDS``.
+      model: architecture of each network.
+      param_layout: ``"separate"`` or ``"stacked"`` (consensus only; single networks ignore it).
+      beta_w: weight of Eq. 10 (explicit L2 weight decay inside the loss, not AdamW).
+      beta_r: weight of Eq. 11 (image consistency against ``x_est``); consensus only.
+      noise2clean_input: batch key fed to the noise2clean network.
+    """
+
+    kind: str
+    model: UNetConfig
+    param_layout: str = "separate"
+    beta_w: float = 0.0
+    beta_r: float = 0.0
+    noise2clean_input: str = "x_est"
+
+    def __post_init__(self):
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"loss.kind must be one of {LOSS_KINDS}, got {self.kind!r}.")
+        if self.param_layout not in PARAM_LAYOUTS:
+            raise ValueError(
+                f"model.param_layout must be one of {PARAM_LAYOUTS}, got {self.param_layout!r}."
+            )
+        if self.beta_w < 0 or self.beta_r < 0:
+            raise ValueError(
+                f"loss.beta_w and loss.beta_r must be >= 0, got {self.beta_w}, {self.beta_r}."
+            )
+        if self.kind != "consensus" and self.beta_r:
+            raise ValueError(
+                f"loss.beta_r={self.beta_r} only applies to loss.kind='consensus' (Eq. 11 needs "
+                f"z of Eq. 9); set loss.beta_r=0 for {self.kind!r}."
+            )
+
+    @property
+    def num_networks(self) -> int:
+        return 2 if self.kind == "consensus" else 1
+
+    @property
+    def stacked(self) -> bool:
+        return self.kind == "consensus" and self.param_layout == "stacked"
+
+    def input_keys(self) -> tuple[str, ...]:
+        """Batch keys the step reads."""
+        if self.kind == "noise2clean":
+            return (self.noise2clean_input, "x_ref")
+        if self.kind == "noise2noise":
+            return ("x1", "x2")
+        return ("x1", "x2", "x_est") if self.beta_r else ("x1", "x2")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Method:
+        """Builds the method from a ConfigDict with ``model`` and ``loss`` groups."""
+        model = dict(config.model)
+        layout = model.pop("param_layout", "separate")
+        return cls(
+            kind=config.loss.kind,
+            model=UNetConfig.from_mapping(model),
+            param_layout=layout,
+            beta_w=float(config.loss.beta_w),
+            beta_r=float(config.loss.beta_r),
+            noise2clean_input=config.loss.get("noise2clean_input", "x_est"),
+        )
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training; a pytree of arrays only (orbax-friendly).
+
+    ``params`` is ``{"net1": ...}`` for a single network, ``{"net1": ..., "net2": ...}`` for the
+    separate consensus layout and ``{"stacked": ...}`` (leaves with a leading axis of 2) for the
+    stacked layout.
+    """
+
+    step: Array
+    params: Any
+    opt_state: Any
+
+
+def init_network_params(method: Method, key: Array) -> dict[str, Any]:
+    """Independent initialisations of the method's network(s)."""
+    keys = jax.random.split(key, method.num_networks)
+    nets = [init_params(method.model, k) for k in keys]
+    if method.stacked:
+        return {"stacked": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *nets)}
+    return {f"net{i + 1}": p for i, p in enumerate(nets)}
+
+
+def split_params(method: Method, params: dict[str, Any]) -> list[Any]:
+    """The per-network parameter pytrees [Theta1(, Theta2)] whatever the layout."""
+    if "stacked" in params:
+        return [jax.tree_util.tree_map(lambda x, i=i: x[i], params["stacked"]) for i in range(2)]
+    return [params[f"net{i + 1}"] for i in range(method.num_networks)]
+
+
+def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """Adam (paper: 1e-4); weight decay is explicit in the loss (Eq. 10), not AdamW."""
+    return optax.adam(learning_rate)
+
+
+def create_train_state(method: Method, optimizer: optax.GradientTransformation,
+                       key: Array) -> TrainState:
+    params = init_network_params(method, key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params))
+
+
+def _apply(model: UNet, params: Any, x: Array) -> Array:
+    return model.apply({"params": params}, x)
+
+
+def apply_networks(method: Method, params: dict[str, Any], inputs: list[Array]) -> list[Array]:
+    """[f1(inputs[0]), f2(inputs[1])] (or [f(inputs[0])]) on sizes divisible by 2**depth."""
+    model = UNet(method.model)
+    if "stacked" in params:
+        out = jax.vmap(partial(_apply, model))(params["stacked"], jnp.stack(inputs))
+        return [out[0], out[1]]
+    return [_apply(model, params[f"net{i + 1}"], x) for i, x in enumerate(inputs)]
+
+
+def loss_fn(method: Method, params: dict[str, Any], batch: Batch) -> tuple[Array, dict]:
+    """The training objective of ``method.kind`` and every one of its terms."""
+    nets = split_params(method, params) if method.beta_w else None
+    if method.kind == "noise2clean":
+        (y,) = apply_networks(method, params, [batch[method.noise2clean_input]])
+        loss, terms = losses.noise2clean(y, batch["x_ref"])
+    elif method.kind == "noise2noise":
+        (y,) = apply_networks(method, params, [batch["x1"]])
+        loss, terms = losses.noise2noise(y, batch["x2"])
+    else:
+        y1, y2 = apply_networks(method, params, [batch["x1"], batch["x2"]])
+        loss, terms = losses.consensus_loss(y1, y2, batch["x1"], batch["x2"])
+        if method.beta_r:
+            lr, _ = losses.image_consistency(0.5 * (y1 + y2), batch["x_est"])
+            loss = loss + method.beta_r * lr
+            terms["image_consistency"] = lr
+    if method.beta_w:
+        lw, _ = losses.weight_decay(*nets)
+        loss = loss + method.beta_w * lw
+        terms["weight_decay"] = lw
+    terms["total"] = loss
+    return loss, terms
+
+
+def make_train_step(method: Method, optimizer: optax.GradientTransformation,
+                    jit: bool = True, **jit_kwargs) -> Callable:
+    """Returns ``train_step(state, batch, rng) -> (state, metrics)``, jitted with donation.
+
+    ``rng`` is accepted for a uniform signature (the loss itself is deterministic). ``metrics``
+    holds every loss term and the global gradient norm; nothing in the step syncs with the host.
+    """
+
+    def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, dict]:
+        del rng
+        grad_fn = jax.value_and_grad(partial(loss_fn, method), has_aux=True)
+        (_, terms), grads = grad_fn(state.params, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        terms["grad_norm"] = optax.tree.norm(grads)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), terms
+
+    if not jit:
+        return train_step
+    return jax.jit(train_step, donate_argnums=(0,), **jit_kwargs)
+
+
+def denoise(method: Method, params: dict[str, Any], x1: Array, x2: Array | None = None,
+            average_halves: bool = False) -> Array:
+    """Denoises whole images of any size (padded to 2**depth and cropped back).
+
+    * consensus: ``z = (f1(x1) + f2(x2)) / 2`` (Eq. 9).
+    * single network: ``f(x1)``; with ``average_halves=True``, ``(f(x1) + f(x2)) / 2`` (the
+      "Noise2noise applied to both halves" column).
+
+    Args:
+      x1, x2: [B, H, W, C] (x2 unused for a single network unless ``average_halves``).
+    Returns:
+      [B, H, W, C] float32.
+    """
+    model = UNet(method.model)
+    apply_fn = partial(_apply, model)
+    m = method.model.size_multiple
+    nets = split_params(method, params)
+    if method.kind == "consensus":
+        if x2 is None:
+            raise ValueError("consensus denoising needs both halves x1 and x2 (Eq. 9).")
+        y1 = apply_padded(apply_fn, nets[0], x1, m)
+        return 0.5 * (y1 + apply_padded(apply_fn, nets[1], x2, m))
+    y = apply_padded(apply_fn, nets[0], x1, m)
+    if average_halves:
+        if x2 is None:
+            raise ValueError("average_halves=True needs x2.")
+        y = 0.5 * (y + apply_padded(apply_fn, nets[0], x2, m))
+    return y
+
+
+def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+    """Raises FloatingPointError naming the first non-finite loss term (host-side check)."""
+    for name, value in metrics.items():
+        if not jnp.isfinite(value):
+            raise FloatingPointError(
+                f"Loss term {name!r} is {float(value)} at step {step}. Lower optim.learning_rate "
+                "or check the input data for NaN/inf; the last good checkpoint is kept."
+            )
