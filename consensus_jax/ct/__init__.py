@@ -1,0 +1,1 @@
+"""CT physics and data: geometry, projectors, FBP, dose simulation, splits, TV, phantoms and readers."""
