@@ -1,0 +1,1 @@
+"""Experiment configs: ``get_config()`` ConfigDicts; variants import a default and change deltas."""

@@ -1,0 +1,136 @@
+"""Reads a prepared dataset split into host numpy arrays for the trainer and the evaluator.
+
+The CT/MRI datasets are TFDS datasets written by ``data_prep`` (TFRecord shards); they are read
+with ``tfds.builder_from_directory`` so the reader never imports the builders. TensorFlow is
+imported lazily (it costs seconds per process and is only needed for TFRecord I/O), with GPUs
+hidden from it so it never competes with JAX for accelerator memory.
+
+``data.name = "synthetic"`` gives an in-memory smooth-image set (tests only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consensus_jax import synthetic
+
+#: Image features every slice of a split carries, by modality (see consensus_jax/features.py).
+IMAGE_KEYS = {
+    "ct": ("x1", "x2", "x_est", "x_full", "x_clean", "x_true"),
+    "mri": ("x1", "x2", "x_est", "x_zf", "x_ref", "x_clean"),
+}
+#: The key used as the training/evaluation reference ``x_ref`` (the paper's reference image).
+REFERENCE_KEY = {"ct": "x_full", "mri": "x_ref"}
+
+
+def import_tensorflow() -> Any:
+    """Imports TensorFlow for I/O only, hiding accelerators from it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+def dataset_dir(data_cfg: Any) -> Path:
+    """The folder of a prepared TFDS dataset: <data_dir>/<name>/<config>/<version>."""
+    root = Path(data_cfg.data_dir) / data_cfg.name / data_cfg.config
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"No prepared dataset at {root}. Build it first, e.g. "
+            f"`python -m data_prep.{data_cfg.name.split('_')[0]} --config={data_cfg.config} "
+            f"--data_dir={data_cfg.data_dir}`."
+        )
+    versions = sorted((p for p in root.iterdir() if p.is_dir() and
+                       (p / "dataset_info.json").exists()), key=lambda p: p.name)
+    if not versions:
+        raise FileNotFoundError(
+            f"{root} holds no complete dataset version (no dataset_info.json): an earlier build "
+            "was interrupted. Rerun the data_prep command; it resumes from scratch."
+        )
+    return versions[-1]
+
+
+def _synthetic_split(data_cfg: Any, split: str, modality: str) -> dict[str, np.ndarray]:
+    channels = 2 if modality == "mri" else 1
+    seed, num = (0, 24) if split == data_cfg.train_split else (1000, 6)
+    pairs = synthetic.noisy_pairs(num, 32, 0.5, seed=seed, channels=channels)
+    out = {k: pairs[k] for k in ("x1", "x2", "x_est")}
+    for k in IMAGE_KEYS[modality]:
+        out.setdefault(k, pairs["x_ref"])
+    out["patient_id"] = np.repeat(np.arange(num // 3), 3).astype(np.int64)
+    out["slice_index"] = np.tile(np.arange(3), num // 3).astype(np.int64)
+    return out
+
+
+def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str, ...] | None = None,
+               process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+    """All slices of a split as numpy arrays, images [S, H, W, C] float32.
+
+    Adds ``x_ref`` (the paper's reference: CT full-dose FBP, MRI fully sampled image). With several
+    processes, each reads its own contiguous shard of the slices (``tfds.even_splits``).
+
+    Args:
+      data_cfg: the ``data`` group of an experiment config.
+      split: split name, e.g. "train" or "test".
+      modality: "ct" or "mri".
+      keys: image keys to load (default: all of the modality's).
+      process_index, process_count: this host's shard.
+    """
+    if modality not in IMAGE_KEYS:
+        raise ValueError(f"modality must be 'ct' or 'mri', got {modality!r}.")
+    if data_cfg.name == "synthetic":
+        out = _synthetic_split(data_cfg, split, modality)
+        if process_count > 1:
+            out = {k: np.array_split(v, process_count)[process_index] for k, v in out.items()}
+    else:
+        out = _read_tfds(data_cfg, split, process_index, process_count)
+    out["x_ref"] = out[REFERENCE_KEY[modality]]
+    if keys is not None:
+        missing = sorted(set(keys) - set(out))
+        if missing:
+            raise ValueError(f"Dataset {data_cfg.name}/{data_cfg.config} has no features "
+                             f"{missing}; it has {sorted(out)}.")
+        out = {k: out[k] for k in (*keys, "patient_id", "slice_index") if k in out}
+    limit = int(data_cfg.get("max_train_slices", 0) or 0)
+    if limit and split == data_cfg.train_split:
+        out = {k: v[:limit] for k, v in out.items()}
+    return out
+
+
+def _read_tfds(data_cfg: Any, split: str, process_index: int,
+               process_count: int) -> dict[str, np.ndarray]:
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(dataset_dir(data_cfg)))
+    if split not in builder.info.splits:
+        raise ValueError(f"Split {split!r} not in {dataset_dir(data_cfg)}; it has "
+                         f"{sorted(builder.info.splits)}.")
+    read_split = tfds.even_splits(split, n=process_count)[process_index] if process_count > 1 \
+        else split
+    ds = builder.as_dataset(split=read_split, shuffle_files=False)
+    columns: dict[str, list[np.ndarray]] = {}
+    for example in tfds.as_numpy(ds):
+        for k, v in example.items():
+            columns.setdefault(k, []).append(np.asarray(v))
+    if not columns:
+        raise ValueError(f"Split {split!r} of {dataset_dir(data_cfg)} is empty.")
+    out = {k: np.stack(v) for k, v in columns.items()}
+    # Deterministic order whatever the shard layout: by patient, then slice.
+    order = np.lexsort((out["slice_index"], out["patient_id"]))
+    return {k: v[order] for k, v in out.items()}
+
+
+def dataset_metadata(data_cfg: Any) -> dict[str, Any]:
+    """The builder's metadata (geometry, dose, normalisation) of a prepared dataset, or {}."""
+    if data_cfg.name == "synthetic":
+        return {"units": "arbitrary"}
+    import json
+
+    path = dataset_dir(data_cfg) / "metadata.json"
+    return json.loads(path.read_text()) if path.exists() else {}

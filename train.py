@@ -1,0 +1,42 @@
+"""Trains one method (noise2clean, noise2noise or consensus) from a config into a workdir.
+
+  python train.py --config=configs/ct_quick.py --workdir=work_dirs/ct_quick/consensus \
+      --config.loss.kind=consensus --config.loss.beta_r=0.5
+
+Rerunning with the same workdir resumes from the latest checkpoint (or does nothing when the run is
+finished); a workdir holding a different config is refused unless --allow_config_change is given.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, config.json and logs.")
+_ALLOW = flags.DEFINE_bool("allow_config_change", False,
+                           "Continue a run in --workdir although its stored config differs.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False,
+                               "Call jax.distributed.initialize() (several hosts, one process "
+                               "each; coordinates from the cluster environment).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    import jax
+
+    if _MULTIHOST.value:
+        jax.distributed.initialize()
+    from consensus_jax import experiment
+
+    experiment.fit(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
