@@ -1,0 +1,288 @@
+"""Evaluation on whole test slices: every method, the paper's metrics, Tables 1-2 and Figs. 1-2.
+
+Columns follow the paper's tables: CT — FBP, TV, Noise2noise, Proposed, Noise2clean; MRI —
+Zero-filling, SENSE, Noise2noise, Proposed, Noise2clean; plus "Noise2noise (both halves)", the
+Noise2noise network applied to both halves and averaged. Rows give mean +- std over test slices.
+CT is scored against the full-dose FBP (the paper's protocol), against the FBP of noiseless
+projections (NOTES.md) and, secondary, against the source image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from consensus_jax import experiment, metrics, train_lib
+
+#: Column order of the paper's tables, by modality (baselines first, then the learned methods).
+METHOD_ORDER = {
+    "ct": ("FBP", "TV", "Noise2noise", "Noise2noise (both halves)", "Proposed", "Noise2clean"),
+    "mri": ("Zero-filling", "SENSE", "Noise2noise", "Noise2noise (both halves)", "Proposed",
+            "Noise2clean"),
+}
+#: Non-learned baselines: the dataset feature holding each.
+BASELINE_FEATURE = {"FBP": "x_est", "Zero-filling": "x_zf", "SENSE": "x_est"}
+#: References to score against: (feature, row label), the paper's first.
+REFERENCES = {
+    "ct": (("x_full", "full-dose FBP"), ("x_clean", "noiseless FBP"), ("x_true", "source image")),
+    "mri": (("x_ref", "fully sampled"), ("x_clean", "noiseless")),
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    """Per-slice metrics of one method against one reference."""
+
+    method: str
+    reference: str
+    values: dict[str, np.ndarray]  # metric name -> [S]
+
+
+def learned_columns(kind: str) -> tuple[str, ...]:
+    """Table columns a trained run of ``loss.kind`` fills."""
+    return {"consensus": ("Proposed",), "noise2noise": ("Noise2noise", "Noise2noise (both halves)"),
+            "noise2clean": ("Noise2clean",)}[kind]
+
+
+def predict(method: train_lib.Method, params: Any, images: Mapping[str, np.ndarray],
+            batch_size: int = 4) -> dict[str, np.ndarray]:
+    """Denoised whole test slices [S, H, W, C] for each table column the method fills."""
+    fn = jax.jit(partial(train_lib.denoise, method), static_argnames=("average_halves",))
+    num = images["x1"].shape[0]
+    outputs: dict[str, list[np.ndarray]] = {}
+    for start in range(0, num, batch_size):
+        sl = slice(start, start + batch_size)
+        if method.kind == "noise2clean":
+            outs = {"Noise2clean": fn(params, jnp.asarray(images[method.noise2clean_input][sl]))}
+        elif method.kind == "noise2noise":
+            x1, x2 = jnp.asarray(images["x1"][sl]), jnp.asarray(images["x2"][sl])
+            outs = {"Noise2noise": fn(params, x1),
+                    "Noise2noise (both halves)": fn(params, x1, x2, average_halves=True)}
+        else:
+            outs = {"Proposed": fn(params, jnp.asarray(images["x1"][sl]),
+                                   jnp.asarray(images["x2"][sl]))}
+        for k, v in outs.items():
+            outputs.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def score(modality: str, outputs: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray],
+          batch_size: int = 16) -> list[Result]:
+    """Metrics of every output against every available reference."""
+    results = []
+    for feature, label in REFERENCES[modality]:
+        if feature not in images:
+            continue
+        ref = images[feature]
+        for name, out in outputs.items():
+            per: dict[str, list[np.ndarray]] = {}
+            for start in range(0, ref.shape[0], batch_size):
+                sl = slice(start, start + batch_size)
+                if modality == "ct":
+                    m = metrics.ct_metrics(1000.0 * jnp.asarray(out[sl][..., 0]),
+                                           1000.0 * jnp.asarray(ref[sl][..., 0]))
+                else:
+                    m = metrics.mri_metrics(jnp.asarray(out[sl]), jnp.asarray(ref[sl]))
+                for k, v in m.items():
+                    per.setdefault(k, []).append(np.asarray(v))
+            results.append(Result(name, label, {k: np.concatenate(v) for k, v in per.items()}))
+    return results
+
+
+def _fmt(v: np.ndarray) -> str:
+    return f"{np.mean(v):.1f} ± {np.std(v):.1f}"
+
+
+METRIC_LABELS = {"rmse_hu": "RMSE (HU)", "ssim": "SSIM", "rmse_1e3": "RMSE (10^-3)"}
+
+
+def markdown_table(modality: str, results: Sequence[Result]) -> str:
+    """The paper's table layout: methods as columns, one row per metric and reference."""
+    methods = [m for m in METHOD_ORDER[modality] if any(r.method == m for r in results)]
+    methods += sorted({r.method for r in results} - set(methods))
+    refs = [label for _, label in REFERENCES[modality]
+            if any(r.reference == label for r in results)]
+    metric_names = list(results[0].values)
+    lines = ["| Index | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for ref in refs:
+        for name in metric_names:
+            cells = []
+            for m in methods:
+                hit = [r for r in results if r.method == m and r.reference == ref]
+                cells.append(_fmt(hit[0].values[name]) if hit else "—")
+            label = f"{METRIC_LABELS.get(name, name)} vs {ref}"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], header: str,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Writes table.md, table.csv and results.json (per-slice values) into ``out_dir``.
+
+    Existing files are never overwritten: each is first written to a temporary name and renamed,
+    and an existing table is kept under a numbered name.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(modality, results)
+    rows = [{"method": r.method, "reference": r.reference, "metric": k, "mean": float(np.mean(v)),
+             "std": float(np.std(v)), "num_slices": int(v.size)}
+            for r in results for k, v in r.values.items()]
+    payload = {"modality": modality, "summary": rows, **(extra or {}),
+               "per_slice": [{"method": r.method, "reference": r.reference,
+                              **{k: v.tolist() for k, v in r.values.items()}} for r in results]}
+    paths = {"md": out_dir / "table.md", "csv": out_dir / "table.csv",
+             "json": out_dir / "results.json"}
+    _atomic_write(paths["md"], f"{header}\n\n{table}\n")
+    with _atomic_open(paths["csv"]) as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _atomic_write(paths["json"], json.dumps(payload, indent=1))
+    return paths
+
+
+def _keep_previous(path: Path) -> None:
+    if path.exists():
+        n = 1
+        while path.with_name(f"{path.stem}.{n}{path.suffix}").exists():
+            n += 1
+        os.replace(path, path.with_name(f"{path.stem}.{n}{path.suffix}"))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    with _atomic_open(path) as f:
+        f.write(text)
+
+
+class _atomic_open:
+    """Writes to ``path.tmp`` and renames on success, keeping any earlier file under a new name."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+
+    def __enter__(self):
+        self.f = self.tmp.open("w", newline="")
+        return self.f
+
+    def __exit__(self, exc_type, exc, tb):
+        self.f.close()
+        if exc_type is None:
+            _keep_previous(self.path)
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def load_run(workdir: str | Path) -> tuple[train_lib.Method, Any, int, Any]:
+    """(method, params, step, config) of a finished or partial training run."""
+    config = experiment.load_config(workdir)
+    method = train_lib.Method.from_config(config)
+    params, step = experiment.restore_params(workdir, method)
+    return method, params, step, config
+
+
+def load_extra_baselines(data_cfg: Any, split: str, images: Mapping[str, np.ndarray]
+                         ) -> dict[str, np.ndarray]:
+    """Baselines computed from raw data at preparation time (CT: TV), aligned to ``images``.
+
+    They live in ``<dataset>/baselines_<split>.npz`` (arrays named by table column, plus
+    ``patient_id`` and ``slice_index``), written by data_prep because they need the sinograms.
+    """
+    if data_cfg.name == "synthetic":
+        return {}
+    from consensus_jax import input_pipeline
+
+    path = input_pipeline.dataset_dir(data_cfg) / f"baselines_{split}.npz"
+    if not path.exists():
+        print(f"Note: {path} not found; baselines that need raw data (TV) are left out. "
+              f"Create them with `python -m data_prep.{data_cfg.name.split('_')[0]} "
+              f"--config={data_cfg.config} --baselines`.")
+        return {}
+    with np.load(path) as f:
+        stored = {k: f[k] for k in f.files}
+    index = {(int(p), int(s)): i for i, (p, s) in
+             enumerate(zip(stored.pop("patient_id"), stored.pop("slice_index"), strict=True))}
+    try:
+        rows = [index[(int(p), int(s))] for p, s in
+                zip(images["patient_id"], images["slice_index"], strict=True)]
+    except KeyError as err:
+        raise ValueError(f"{path} lacks slice (patient_id, slice_index) = {err.args[0]} of the "
+                         f"{split} split; rebuild it with --baselines.") from None
+    return {k: v[rows] for k, v in stored.items() if not k.startswith("meta_")}
+
+
+def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path, config: Any | None = None,
+             figure_slice: int = 0, zoom_box: tuple[int, int, int] | None = None,
+             batch_size: int = 4) -> dict[str, Path]:
+    """Runs every method on the test split and writes the table, CSV, JSON and figure.
+
+    Args:
+      run_dirs: training workdirs (any of noise2clean / noise2noise / consensus).
+      out_dir: where table.md, table.csv, results.json and figure.png go.
+      config: experiment config for the data when no run is given (baselines only).
+      figure_slice: index of the test slice shown in the figure (fixed before seeing results).
+      zoom_box: (row, col, size) of the figure's inset.
+    """
+    from consensus_jax import figures, input_pipeline
+
+    runs = [load_run(d) for d in run_dirs]
+    if config is None:
+        if not runs:
+            raise ValueError("Give at least one training workdir (--runs) or a --config.")
+        config = runs[0][3]
+    data_keys = ("name", "config")
+    for d, (_, _, _, cfg) in zip(run_dirs, runs, strict=True):
+        if any(cfg.data[k] != config.data[k] for k in data_keys) or cfg.modality != config.modality:
+            raise ValueError(f"Run {d} was trained on {cfg.modality} {cfg.data.name}/"
+                             f"{cfg.data.config}, not {config.modality} {config.data.name}/"
+                             f"{config.data.config}; evaluate runs of one dataset together.")
+    modality = config.modality
+    images = input_pipeline.load_split(config.data, config.data.test_split, modality)
+    outputs: dict[str, np.ndarray] = {}
+    for name in METHOD_ORDER[modality][:2]:
+        if BASELINE_FEATURE.get(name) in images:
+            outputs[name] = images[BASELINE_FEATURE[name]]
+    outputs.update(load_extra_baselines(config.data, config.data.test_split, images))
+    steps = {}
+    for d, (method, params, step, _) in zip(run_dirs, runs, strict=True):
+        for column in learned_columns(method.kind):
+            if column in outputs:
+                raise ValueError(f"Two runs fill the column {column!r} (the second is {d}).")
+        outputs.update(predict(method, params, images, batch_size))
+        steps[str(d)] = step
+    results = score(modality, outputs, images)
+    num = images["x1"].shape[0]
+    header = (f"{modality.upper()} test split of {config.data.name}/{config.data.config}: "
+              f"{num} slices, mean ± std over slices. Runs: "
+              + (", ".join(f"{d} (step {s})" for d, s in steps.items()) or "none"))
+    paths = write_outputs(Path(out_dir), modality, results, header, {"runs": steps})
+    order = [m for m in METHOD_ORDER[modality] if m in outputs]
+    reference_key = input_pipeline.REFERENCE_KEY[modality]
+    panels = {("Full-dose FBP" if modality == "ct" else "Fully sampled"):
+              images[reference_key][figure_slice]}
+    panels.update({m: outputs[m][figure_slice] for m in order})
+    first_ref = REFERENCES[modality][0][1]
+    captions = {}
+    for r in results:
+        if r.reference == first_ref and r.method in panels:
+            captions[r.method] = ", ".join(
+                f"{METRIC_LABELS.get(k, k)} {v[figure_slice]:.1f}" for k, v in r.values.items())
+    paths["figure"] = figures.comparison_figure(Path(out_dir) / "figure.png", modality, panels,
+                                                zoom_box, captions)
+    print(header)
+    print(markdown_table(modality, results))
+    for kind, p in paths.items():
+        print(f"{kind}: {p}")
+    return paths

@@ -1,0 +1,38 @@
+"""Evaluates trained runs and the baselines on the test split: Tables 1-2 and Figs. 1-2.
+
+  python evaluate.py --runs=work_dirs/ct_quick/consensus,work_dirs/ct_quick/noise2noise,\
+work_dirs/ct_quick/noise2clean --out=results/ct_quick
+
+Writes table.md, table.csv, results.json (per-slice values) and figure.png into --out; earlier
+results there are kept under numbered names, never overwritten.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_RUNS = flags.DEFINE_list("runs", [], "Training workdirs to evaluate (comma separated).")
+_OUT = flags.DEFINE_string("out", None, "Output folder for the table and figure.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config for the data when no --runs.")
+_SLICE = flags.DEFINE_integer("figure_slice", 0, "Test slice shown in the figure.")
+_ZOOM = flags.DEFINE_list("zoom", [], "Inset box row,col,size in pixels (default: automatic).")
+flags.mark_flags_as_required(["out"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    if _ZOOM.value and len(_ZOOM.value) != 3:
+        raise app.UsageError(f"--zoom takes row,col,size; got {_ZOOM.value}.")
+    zoom = tuple(int(v) for v in _ZOOM.value) if _ZOOM.value else None
+    from consensus_jax import evaluation
+
+    evaluation.evaluate(_RUNS.value, _OUT.value, _CONFIG.value, _SLICE.value, zoom)
+
+
+if __name__ == "__main__":
+    app.run(main)
