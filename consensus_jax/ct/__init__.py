@@ -1,1 +1,8 @@
-"""CT physics and data: geometry, projectors, FBP, dose simulation, splits, TV, phantoms and readers."""
+"""CT physics and data: geometry, projectors, FBP, dose simulation, view splits, TV, phantoms.
+
+Modules: ``geometry`` (scanners, image grid, analytic ellipse projections), ``projector`` (Joseph
+forward projector and its adjoint), ``fbp`` (Hann-filtered FBP), ``dose`` (photon counts, binomial
+thinning, HU <-> attenuation), ``split`` (odd/even and other view splits), ``tv`` (TV-regularised
+reconstruction), ``simulate`` (one slice end to end); ``phantom`` and ``io`` hold virtual patients
+and DICOM readers.
+"""

@@ -1,0 +1,227 @@
+"""Filtered backprojection (FBP) with a Hann-apodised ramp filter, parallel and fan beam, in JAX.
+
+Filtering: the band-limited ramp kernel is built in the detector domain (Kak & Slaney, "Principles
+of Computerized Tomographic Imaging", eq. 3.61: h(0) = 1 / (4 tau^2), h(n odd) = -1 / (n pi tau)^2),
+zero-padded to a power of two >= 2 x detectors (so the circular convolution does not wrap and the
+DC term is right), transformed, and multiplied by a Hann window
+``0.5 (1 + cos(pi f / (cutoff f_Nyquist)))`` (zero above the cutoff).
+
+Fan beam (full scan, equiangular detector; Kak & Slaney section 3.4.1): projections are
+cosine-weighted ``R(gamma) D cos(gamma)``, convolved with
+``g(gamma) = (gamma / sin gamma)^2 h(gamma) / 2`` and backprojected pixel by pixel with the weight
+``1 / L^2`` (L: source-to-pixel distance). For speed the filtered projection of each view is first
+resampled onto a 4x finer grid uniform in ``tan(gamma)`` and pre-multiplied by ``cos^2(gamma)``: a
+pixel at lateral offset ``u`` and depth ``w`` from the source then needs ``tan(gamma') = u / w``
+and ``1 / L^2 = cos^2(gamma') / w^2`` (one division) instead of an arctangent, which XLA evaluates
+about 8x slower than a division on CPU.
+
+Backprojection runs one view per ``lax.fori_loop`` iteration with 1-D gathers into that view's
+filtered projection, which XLA compiles to a fused, vectorised loop over the image.
+
+Units: sinograms are dimensionless line integrals; images are attenuation in 1/mm.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from consensus_jax.ct.geometry import FanBeamGeometry, Geometry, ParallelBeamGeometry
+
+FILTER_WINDOWS = ("hann", "ramp")
+_TAN_OVERSAMPLING = 4
+
+
+def padded_length(num_detectors: int) -> int:
+    """FFT length used for filtering: the smallest power of two >= 2 x detectors (at least 64)."""
+    return max(64, 1 << math.ceil(math.log2(2 * num_detectors)))
+
+
+def ramp_kernel(length: int, spacing: float) -> np.ndarray:
+    """Band-limited ramp kernel h[n] sampled at ``spacing``, circularly placed, [length].
+
+    ``h[0] = 1 / (4 spacing^2)``, ``h[n odd] = -1 / (pi n spacing)^2``, 0 for even n != 0, with
+    indices n >= length / 2 standing for n - length. Units: 1 / spacing^2.
+    """
+    n = np.arange(length)
+    n = np.where(n <= length // 2, n, n - length)
+    h = np.zeros(length)
+    h[0] = 1.0 / (4.0 * spacing ** 2)
+    odd = n % 2 == 1
+    h[odd] = -1.0 / (np.pi * n[odd] * spacing) ** 2
+    return h
+
+
+def window_response(length: int, window: str = "hann", cutoff: float = 1.0) -> np.ndarray:
+    """Apodisation window on the ``np.fft.rfftfreq(length)`` frequencies, [length // 2 + 1].
+
+    Args:
+      length: FFT length.
+      window: "hann" (``0.5 (1 + cos(pi f / f_c))``) or "ramp" (no apodisation).
+      cutoff: f_c as a fraction of the Nyquist frequency, in (0, 1]; the response is 0 above it.
+    """
+    if window not in FILTER_WINDOWS:
+        raise ValueError(f"window={window!r} is not one of {FILTER_WINDOWS}.")
+    if not 0 < cutoff <= 1:
+        raise ValueError(f"cutoff={cutoff!r} must be in (0, 1] (fraction of Nyquist).")
+    rel = np.fft.rfftfreq(length) / (0.5 * cutoff)
+    if window == "hann":
+        resp = 0.5 * (1.0 + np.cos(np.pi * np.minimum(rel, 1.0)))
+    else:
+        resp = np.ones_like(rel)
+    return np.where(rel <= 1.0, resp, 0.0)
+
+
+def _filter_spectrum(geometry: Geometry, window: str, cutoff: float) -> np.ndarray:
+    """Real frequency response [P // 2 + 1] that includes the convolution's sample spacing."""
+    length = padded_length(geometry.num_detectors)
+    if isinstance(geometry, ParallelBeamGeometry):
+        tau = geometry.detector_spacing_mm
+        kernel = tau * ramp_kernel(length, tau)
+    else:
+        alpha = geometry.fan_angle_spacing_rad
+        n = np.arange(length)
+        gamma = np.where(n <= length // 2, n, n - length) * alpha
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(gamma == 0, 1.0, gamma / np.sin(gamma))
+        kernel = alpha * 0.5 * ratio ** 2 * ramp_kernel(length, alpha)
+    return np.real(np.fft.rfft(kernel)) * window_response(length, window, cutoff)
+
+
+def filter_sinograms(sinograms: jax.Array, geometry: Geometry, window: str = "hann",
+                     cutoff: float = 1.0) -> jax.Array:
+    """Ramp-filter every projection (fan beam: after the D cos(gamma) pre-weighting).
+
+    Args:
+      sinograms: [B, views, detectors] line integrals.
+      geometry: scan geometry (static).
+      window: "hann" or "ramp".
+      cutoff: window cutoff, fraction of Nyquist.
+
+    Returns:
+      Filtered projections [B, views, detectors] in 1/mm (parallel) or mm/rad^2 (fan beam).
+    """
+    n = geometry.num_detectors
+    length = padded_length(n)
+    if isinstance(geometry, FanBeamGeometry):
+        pre = geometry.source_to_isocenter_mm * np.cos(geometry.fan_angles_rad())
+        sinograms = sinograms * jnp.asarray(pre, sinograms.dtype)
+    spectrum = jnp.asarray(_filter_spectrum(geometry, window, cutoff), jnp.float32)
+    freq = jnp.fft.rfft(sinograms, n=length, axis=-1)
+    return jnp.fft.irfft(freq * spectrum, n=length, axis=-1)[..., :n].astype(jnp.float32)
+
+
+def _lerp_gather(row: jax.Array, pos: jax.Array, size: int) -> jax.Array:
+    """Linear interpolation of ``row`` [B, size + 3] (1 zero left, 2 right) at ``pos`` [H, W]."""
+    pos = jnp.clip(pos + 1.0, 0.0, size + 1.0)
+    i0 = jnp.floor(pos)
+    frac = pos - i0
+    i0 = i0.astype(jnp.int32)
+    v0 = row[:, i0]
+    v1 = row[:, i0 + 1]
+    return v0 + frac * (v1 - v0)
+
+
+def _backproject_parallel(filtered: jax.Array, geometry: ParallelBeamGeometry) -> jax.Array:
+    n_det = geometry.num_detectors
+    coords = jnp.asarray(geometry.image.pixel_centres_mm() / geometry.detector_spacing_mm,
+                         jnp.float32)
+    xs, ys = coords[None, :], coords[::-1, None]
+    angles = geometry.view_angles()
+    cos_t = jnp.asarray(np.cos(angles), jnp.float32)
+    sin_t = jnp.asarray(np.sin(angles), jnp.float32)
+    padded = jnp.pad(filtered, ((0, 0), (0, 0), (1, 2)))
+    centre = (n_det - 1) / 2.0
+
+    def body(v, acc):
+        pos = xs * cos_t[v] + ys * sin_t[v] + centre
+        return acc + _lerp_gather(padded[:, v], pos, n_det)
+
+    size = geometry.image.size_px
+    acc = jnp.zeros((filtered.shape[0], size, size), jnp.float32)
+    acc = jax.lax.fori_loop(0, geometry.num_views, body, acc)
+    return acc * (np.pi / geometry.num_views)
+
+
+def _tan_resampling(geometry: FanBeamGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                         float, float]:
+    """Indices/fractions that resample an equiangular projection onto a uniform tan(gamma) grid."""
+    gamma = geometry.fan_angles_rad()
+    alpha = geometry.fan_angle_spacing_rad
+    count = _TAN_OVERSAMPLING * geometry.num_detectors
+    tan_grid = np.linspace(np.tan(gamma[0]), np.tan(gamma[-1]), count)
+    channel = (np.arctan(tan_grid) - gamma[0]) / alpha
+    channel = np.clip(channel, 0.0, geometry.num_detectors - 1.0)
+    i0 = np.minimum(np.floor(channel), geometry.num_detectors - 2).astype(np.int32)
+    frac = (channel - i0).astype(np.float32)
+    cos2 = (1.0 / (1.0 + tan_grid ** 2)).astype(np.float32)
+    step = float(tan_grid[1] - tan_grid[0])
+    return i0, frac, cos2, float(tan_grid[0]), step
+
+
+def _backproject_fan(filtered: jax.Array, geometry: FanBeamGeometry) -> jax.Array:
+    i0, frac, cos2, tan_start, tan_step = _tan_resampling(geometry)
+    lo, hi = filtered[..., i0], filtered[..., i0 + 1]
+    on_tan = (lo + frac * (hi - lo)) * cos2
+    count = on_tan.shape[-1]
+    padded = jnp.pad(on_tan, ((0, 0), (0, 0), (1, 2)))
+    coords = jnp.asarray(geometry.image.pixel_centres_mm(), jnp.float32)
+    xs, ys = coords[None, :], coords[::-1, None]
+    angles = geometry.view_angles()
+    cos_b = jnp.asarray(np.cos(angles), jnp.float32)
+    sin_b = jnp.asarray(np.sin(angles), jnp.float32)
+    d = geometry.source_to_isocenter_mm
+
+    def body(v, acc):
+        c, s = cos_b[v], sin_b[v]
+        lateral = ys * c - xs * s
+        inv_depth = 1.0 / (d - (xs * c + ys * s))
+        pos = (lateral * inv_depth - tan_start) * (1.0 / tan_step)
+        return acc + _lerp_gather(padded[:, v], pos, count) * (inv_depth * inv_depth)
+
+    size = geometry.image.size_px
+    acc = jnp.zeros((filtered.shape[0], size, size), jnp.float32)
+    acc = jax.lax.fori_loop(0, geometry.num_views, body, acc)
+    return acc * (2.0 * np.pi / geometry.num_views)
+
+
+@functools.partial(jax.jit, static_argnames=("geometry", "window", "cutoff"))
+def fbp(sinograms: jax.Array, geometry: Geometry, window: str = "hann",
+        cutoff: float = 1.0) -> jax.Array:
+    """Filtered backprojection of line integrals to attenuation images.
+
+    Each view is weighted by (angular extent per view) = pi / views (parallel) or
+    2 pi / views (fan beam, full scan), so the FBP of a subset of views (``geometry.subset``)
+    is an unbiased estimate of the same image.
+
+    Args:
+      sinograms: [B, views, detectors] or [views, detectors] line integrals (dimensionless).
+      geometry: ParallelBeamGeometry (views over pi or 2 pi) or FanBeamGeometry (full 2 pi scan).
+      window: "hann" (the paper's filter) or "ramp".
+      cutoff: window cutoff as a fraction of the Nyquist frequency.
+
+    Returns:
+      Images [B, H, W] (or [H, W]) of attenuation in 1/mm, float32.
+    """
+    sinograms = jnp.asarray(sinograms, jnp.float32)
+    expected = geometry.sinogram_shape
+    if sinograms.ndim not in (2, 3) or sinograms.shape[-2:] != expected:
+        raise ValueError(f"fbp: expected sinograms [B, {expected[0]}, {expected[1]}] (views, "
+                         f"detectors of the geometry), got {tuple(sinograms.shape)}.")
+    if isinstance(geometry, FanBeamGeometry) and abs(
+            geometry.angular_range_rad - 2 * np.pi) > 1e-6:
+        raise ValueError("fbp: fan-beam FBP needs a full scan (FanBeamGeometry.angular_range_rad"
+                         f" = 2 pi), got {geometry.angular_range_rad}; short scans need Parker "
+                         "weights, which are not implemented.")
+    squeeze = sinograms.ndim == 2
+    batch = sinograms[None] if squeeze else sinograms
+    filtered = filter_sinograms(batch, geometry, window, cutoff)
+    if isinstance(geometry, ParallelBeamGeometry):
+        images = _backproject_parallel(filtered, geometry)
+    else:
+        images = _backproject_fan(filtered, geometry)
+    return images[0] if squeeze else images
