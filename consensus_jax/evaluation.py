@@ -142,12 +142,12 @@ def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], heade
                               **{k: v.tolist() for k, v in r.values.items()}} for r in results]}
     paths = {"md": out_dir / "table.md", "csv": out_dir / "table.csv",
              "json": out_dir / "results.json"}
-    _atomic_write(paths["md"], f"{header}\n\n{table}\n")
+    atomic_write(paths["md"], f"{header}\n\n{table}\n")
     with _atomic_open(paths["csv"]) as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    _atomic_write(paths["json"], json.dumps(payload, indent=1))
+    atomic_write(paths["json"], json.dumps(payload, indent=1))
     return paths
 
 
@@ -159,7 +159,7 @@ def _keep_previous(path: Path) -> None:
         os.replace(path, path.with_name(f"{path.stem}.{n}{path.suffix}"))
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     with _atomic_open(path) as f:
         f.write(text)
 

@@ -1,0 +1,34 @@
+"""Trains and evaluates a grid of loss settings over seeds and writes one comparison table.
+
+  python ablation.py --config=configs/ct_quick.py --grid=loss_terms --seeds=0,1,2 \
+      --root=work_dirs/ablation_ct --out=results/ablation_ct
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base experiment config.")
+_GRID = flags.DEFINE_string("grid", "loss_terms", "Grid name in configs/ablation.py.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+_ROOT = flags.DEFINE_string("root", None, "Folder for the runs' workdirs.")
+_OUT = flags.DEFINE_string("out", None, "Folder for ablation.md / ablation.json.")
+flags.mark_flags_as_required(["config", "root", "out"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    from configs import ablation as grids
+    from consensus_jax import ablation
+
+    ablation.run_grid(_CONFIG.value, grids.get_grid(_GRID.value),
+                      [int(s) for s in _SEEDS.value], _ROOT.value, _OUT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
