@@ -18,6 +18,12 @@ Conventions
   (plus a sub-millimetre physical blur) and the tissue texture (band-limited Gaussian random fields,
   correlation lengths 1.2-5 mm) is integrated over the pixel exactly, so a coarse slice approximates
   the block average of a fine one and nothing is aliased.
+
+``abdomen_slice(..., return_meta=True)`` also gives a label map (dominant tissue per pixel, names in
+``LABEL_NAMES``), a point deep inside each tissue, and the lesions the slice cuts (centres and radii
+in pixels) for figures and region statistics; ``liver_lesions`` lists a patient's lesions in mm.
+Building a patient takes ~20-40 ms and rendering a slice ~10-20 ms at 64 px and ~0.2 s at 512 px
+on one CPU core, so ``virtual_patient`` (built once) is the fast way to many slices.
 """
 
 from __future__ import annotations
@@ -205,7 +211,7 @@ class _Anatomy:
     hu: dict
     organ: dict
     ribs: tuple
-    portal_trunk: _Tube
+    vessel_trunks: _Tube
     liver_vessels: _Tube
     mesenteric: _Tube
     bowel: tuple
@@ -313,7 +319,7 @@ def _make_organs(rng: np.random.Generator, body: dict) -> dict:
     u, nrm = rng.uniform, rng.normal
     ai, bi, bp = _inner_dims(body)
     cx, cy = body["cx"], body["cy"]
-    a, _, b_post = _body_dims(body, 0.5)
+    _, _, b_post = _body_dims(body, 0.5)
     back_fat = body["skin"] + 0.7 * body["fat"]
     y_tip = cy + b_post - back_fat - u(2.0, 6.0)
     canal_r = u(8.0, 10.0)
@@ -636,7 +642,7 @@ def _make_anatomy(seed: int, contrast_hu: tuple[float, float],
     trunks, vessels, mesentery = _make_vessels(streams[3], body, organ)
     return _Anatomy(
         body=body, hu=_make_hu(streams[1]), organ=organ, ribs=_make_ribs(streams[5], body),
-        portal_trunk=trunks, liver_vessels=vessels, mesenteric=mesentery,
+        vessel_trunks=trunks, liver_vessels=vessels, mesenteric=mesentery,
         bowel=_make_bowel(streams[4], body, organ),
         calcifications=_make_calcifications(streams[6], organ),
         texture_modes=_make_texture_modes(streams[6]),
@@ -696,8 +702,8 @@ class _Canvas:
         half = (self.n - 1) / 2.0
 
         def index(v: float, pad: int) -> int:
-            v = float(np.clip(v / self.p + half, -2.0, self.n + 2.0))
-            return int(np.clip(math.floor(v) + pad, 0, self.n))
+            v = min(max(float(v) / self.p + half, -2.0), self.n + 2.0)
+            return min(max(math.floor(v) + pad, 0), self.n)
 
         rows = slice(index(y0, -1), index(y1, 2))
         cols = slice(index(x0, -1), index(x1, 2))
@@ -881,7 +887,7 @@ def _paint_liver(cv: _Canvas, anat: _Anatomy, z: float, cavity: np.ndarray) -> N
                  "liver_vessel", blur_mm=0.5)
 
     _paint_tube(_SubCanvas(cv, win), anat.liver_vessels, z, vessel, separate=True)
-    _paint_tube(cv, anat.portal_trunk, z,
+    _paint_tube(cv, anat.vessel_trunks, z,
                 lambda w, d, _y: cv.paint(w, d, cv.value(w, hu["portal"], "blood"), "vessel"))
     for les in anat.lesions:
         dz = z - les.centre_mm[2]
