@@ -9,14 +9,16 @@ DC term is right), transformed, and multiplied by a Hann window
 Fan beam (full scan, equiangular detector; Kak & Slaney section 3.4.1): projections are
 cosine-weighted ``R(gamma) D cos(gamma)``, convolved with
 ``g(gamma) = (gamma / sin gamma)^2 h(gamma) / 2`` and backprojected pixel by pixel with the weight
-``1 / L^2`` (L: source-to-pixel distance). For speed the filtered projection of each view is first
-resampled onto a 4x finer grid uniform in ``tan(gamma)`` and pre-multiplied by ``cos^2(gamma)``: a
+``1 / L^2`` (L: source-to-pixel distance). For speed the filtered projection of each view is
+resampled onto a fine grid uniform in ``tan(gamma)`` and pre-multiplied by ``cos^2(gamma)``: a
 pixel at lateral offset ``u`` and depth ``w`` from the source then needs ``tan(gamma') = u / w``
 and ``1 / L^2 = cos^2(gamma') / w^2`` (one division) instead of an arctangent, which XLA evaluates
 about 8x slower than a division on CPU.
 
-Backprojection runs one view per ``lax.fori_loop`` iteration with 1-D gathers into that view's
-filtered projection, which XLA compiles to a fused, vectorised loop over the image.
+Backprojection (both geometries) is pixel-driven: for each view, every pixel reads the view's
+filtered projection at its detector position from a table oversampled ``fine_oversampling``
+times (linear interpolation between channels, then the nearest table sample), one gather per
+pixel and view; views run in a ``lax.fori_loop``, chunked so the tables are built once per view.
 
 Units: sinograms are dimensionless line integrals; images are attenuation in 1/mm.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +36,22 @@ import numpy as np
 from consensus_jax.ct.geometry import FanBeamGeometry, Geometry, ParallelBeamGeometry
 
 FILTER_WINDOWS = ("hann", "ramp")
-_TAN_OVERSAMPLING = 4
+_VIEW_CHUNK = 32
+
+
+def fine_oversampling(geometry: Geometry) -> int:
+    """Samples per detector channel of the backprojection's lookup tables.
+
+    Backprojection reads each view's filtered projection, linearly interpolated onto a grid
+    this many times finer than the channels, at the sample nearest to each pixel: one gather per
+    pixel and view instead of the two of direct linear interpolation (gathers dominate the cost on
+    CPU). The position is then rounded to 1 / (2 x oversampling) channel, which changes white-noise
+    images by ~1.3% RMS at 32x and ~5% at 8x relative to exact linear interpolation. 32x is used
+    when the image has at least 8 pixels per table sample (e.g. 512 px), down to 8x for small
+    images, where building the tables would otherwise cost more than the backprojection.
+    """
+    pixels = geometry.image.size_px ** 2
+    return int(min(32, max(8, pixels // (8 * geometry.num_detectors))))
 
 
 def padded_length(num_detectors: int) -> int:
@@ -115,77 +133,102 @@ def filter_sinograms(sinograms: jax.Array, geometry: Geometry, window: str = "ha
     return jnp.fft.irfft(freq * spectrum, n=length, axis=-1)[..., :n].astype(jnp.float32)
 
 
-def _lerp_gather(row: jax.Array, pos: jax.Array, size: int) -> jax.Array:
-    """Linear interpolation of ``row`` [B, size + 3] (1 zero left, 2 right) at ``pos`` [H, W]."""
-    pos = jnp.clip(pos + 1.0, 0.0, size + 1.0)
-    i0 = jnp.floor(pos)
-    frac = pos - i0
-    i0 = i0.astype(jnp.int32)
-    v0 = row[:, i0]
-    v1 = row[:, i0 + 1]
-    return v0 + frac * (v1 - v0)
+def _fine_tables(rows: jax.Array, i0: np.ndarray, frac: np.ndarray,
+                 scale: np.ndarray | None) -> jax.Array:
+    """Filtered projections [B, C, n] linearly interpolated onto the fine grid given by
+    (i0, frac) [M], times ``scale`` [M], zero-padded at each end -> [B, C, M + 2]."""
+    fine = rows[..., i0] * (1.0 - frac) + rows[..., i0 + 1] * frac
+    if scale is not None:
+        fine = fine * scale
+    return jnp.pad(fine, ((0, 0), (0, 0), (1, 1)))
+
+
+def _nearest(table: jax.Array, pos: jax.Array) -> jax.Array:
+    """``table`` [B, M + 2] (zero-padded) at the nearest fine sample to ``pos`` [H, W] (fine
+    units, 0 = first real sample); positions off the table read the zero padding."""
+    idx = jnp.clip(pos + 1.5, 0.0, table.shape[-1] - 1.0).astype(jnp.int32)
+    return table[:, idx]
+
+
+def _fine_grid(channel: np.ndarray, num_detectors: int) -> tuple[np.ndarray, np.ndarray]:
+    channel = np.clip(channel, 0.0, num_detectors - 1.0)
+    i0 = np.minimum(np.floor(channel), num_detectors - 2).astype(np.int32)
+    return i0, (channel - i0).astype(np.float32)
+
+
+def _sum_over_views(filtered: jax.Array, angles: np.ndarray, size: int,
+                    make_tables: Callable[[jax.Array], jax.Array],
+                    view_image: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+                    ) -> jax.Array:
+    """Sum over views of ``view_image(table [B, M + 2], cos, sin) -> [B, H, W]``.
+
+    Views go in chunks: the fine tables of a chunk are built in the outer loop, so XLA cannot
+    fuse their construction (two gathers per sample) into the per-pixel gather of the inner loop,
+    which would recompute them for every pixel. Zero projections pad the last chunk.
+    """
+    num_views = filtered.shape[1]
+    chunk = min(_VIEW_CHUNK, num_views)
+    num_chunks = -(-num_views // chunk)
+    extra = num_chunks * chunk - num_views
+    filtered = jnp.pad(filtered, ((0, 0), (0, extra), (0, 0)))
+    angles = np.concatenate([angles, np.zeros(extra)])
+    cos_a = jnp.asarray(np.cos(angles), jnp.float32)
+    sin_a = jnp.asarray(np.sin(angles), jnp.float32)
+
+    def outer(c, acc):
+        rows = jax.lax.dynamic_slice_in_dim(filtered, c * chunk, chunk, axis=1)
+        tables = make_tables(rows)
+
+        def inner(j, acc):
+            v = c * chunk + j
+            return acc + view_image(tables[:, j], cos_a[v], sin_a[v])
+
+        return jax.lax.fori_loop(0, chunk, inner, acc)
+
+    acc = jnp.zeros((filtered.shape[0], size, size), jnp.float32)
+    return jax.lax.fori_loop(0, num_chunks, outer, acc)
 
 
 def _backproject_parallel(filtered: jax.Array, geometry: ParallelBeamGeometry) -> jax.Array:
     n_det = geometry.num_detectors
-    coords = jnp.asarray(geometry.image.pixel_centres_mm() / geometry.detector_spacing_mm,
-                         jnp.float32)
+    oversampling = fine_oversampling(geometry)
+    count = oversampling * (n_det - 1) + 1
+    i0, frac = _fine_grid(np.arange(count) / oversampling, n_det)
+    # Pixel positions in fine-grid units: t / (spacing / oversampling) + centre.
+    coords = jnp.asarray(geometry.image.pixel_centres_mm() * oversampling
+                         / geometry.detector_spacing_mm, jnp.float32)
     xs, ys = coords[None, :], coords[::-1, None]
-    angles = geometry.view_angles()
-    cos_t = jnp.asarray(np.cos(angles), jnp.float32)
-    sin_t = jnp.asarray(np.sin(angles), jnp.float32)
-    padded = jnp.pad(filtered, ((0, 0), (0, 0), (1, 2)))
-    centre = (n_det - 1) / 2.0
+    centre = (count - 1) / 2.0
 
-    def body(v, acc):
-        pos = xs * cos_t[v] + ys * sin_t[v] + centre
-        return acc + _lerp_gather(padded[:, v], pos, n_det)
+    def view_image(table, c, s):
+        return _nearest(table, xs * c + ys * s + centre)
 
-    size = geometry.image.size_px
-    acc = jnp.zeros((filtered.shape[0], size, size), jnp.float32)
-    acc = jax.lax.fori_loop(0, geometry.num_views, body, acc)
+    acc = _sum_over_views(filtered, geometry.view_angles(), geometry.image.size_px,
+                          lambda rows: _fine_tables(rows, i0, frac, None), view_image)
     return acc * (np.pi / geometry.num_views)
 
 
-def _tan_resampling(geometry: FanBeamGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                         float, float]:
-    """Indices/fractions that resample an equiangular projection onto a uniform tan(gamma) grid."""
-    gamma = geometry.fan_angles_rad()
-    alpha = geometry.fan_angle_spacing_rad
-    count = _TAN_OVERSAMPLING * geometry.num_detectors
-    tan_grid = np.linspace(np.tan(gamma[0]), np.tan(gamma[-1]), count)
-    channel = (np.arctan(tan_grid) - gamma[0]) / alpha
-    channel = np.clip(channel, 0.0, geometry.num_detectors - 1.0)
-    i0 = np.minimum(np.floor(channel), geometry.num_detectors - 2).astype(np.int32)
-    frac = (channel - i0).astype(np.float32)
-    cos2 = (1.0 / (1.0 + tan_grid ** 2)).astype(np.float32)
-    step = float(tan_grid[1] - tan_grid[0])
-    return i0, frac, cos2, float(tan_grid[0]), step
-
-
 def _backproject_fan(filtered: jax.Array, geometry: FanBeamGeometry) -> jax.Array:
-    i0, frac, cos2, tan_start, tan_step = _tan_resampling(geometry)
-    lo, hi = filtered[..., i0], filtered[..., i0 + 1]
-    on_tan = (lo + frac * (hi - lo)) * cos2
-    count = on_tan.shape[-1]
-    padded = jnp.pad(on_tan, ((0, 0), (0, 0), (1, 2)))
+    gamma = geometry.fan_angles_rad()
+    count = fine_oversampling(geometry) * (geometry.num_detectors - 1) + 1
+    tan_grid = np.linspace(np.tan(gamma[0]), np.tan(gamma[-1]), count)
+    i0, frac = _fine_grid((np.arctan(tan_grid) - gamma[0]) / geometry.fan_angle_spacing_rad,
+                          geometry.num_detectors)
+    # cos^2(gamma) on the table turns the 1 / L^2 weight into 1 / depth^2.
+    cos2 = (1.0 / (1.0 + tan_grid ** 2)).astype(np.float32)
+    tan_start, tan_step = float(tan_grid[0]), float(tan_grid[1] - tan_grid[0])
     coords = jnp.asarray(geometry.image.pixel_centres_mm(), jnp.float32)
     xs, ys = coords[None, :], coords[::-1, None]
-    angles = geometry.view_angles()
-    cos_b = jnp.asarray(np.cos(angles), jnp.float32)
-    sin_b = jnp.asarray(np.sin(angles), jnp.float32)
     d = geometry.source_to_isocenter_mm
 
-    def body(v, acc):
-        c, s = cos_b[v], sin_b[v]
+    def view_image(table, c, s):
         lateral = ys * c - xs * s
         inv_depth = 1.0 / (d - (xs * c + ys * s))
         pos = (lateral * inv_depth - tan_start) * (1.0 / tan_step)
-        return acc + _lerp_gather(padded[:, v], pos, count) * (inv_depth * inv_depth)
+        return _nearest(table, pos) * (inv_depth * inv_depth)
 
-    size = geometry.image.size_px
-    acc = jnp.zeros((filtered.shape[0], size, size), jnp.float32)
-    acc = jax.lax.fori_loop(0, geometry.num_views, body, acc)
+    acc = _sum_over_views(filtered, geometry.view_angles(), geometry.image.size_px,
+                          lambda rows: _fine_tables(rows, i0, frac, cos2), view_image)
     return acc * (2.0 * np.pi / geometry.num_views)
 
 
