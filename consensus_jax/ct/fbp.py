@@ -135,19 +135,19 @@ def filter_sinograms(sinograms: jax.Array, geometry: Geometry, window: str = "ha
 
 def _fine_tables(rows: jax.Array, i0: np.ndarray, frac: np.ndarray,
                  scale: np.ndarray | None) -> jax.Array:
-    """Filtered projections [B, C, n] linearly interpolated onto the fine grid given by
-    (i0, frac) [M], times ``scale`` [M], zero-padded at each end -> [B, C, M + 2]."""
+    """Filtered projections [..., n] linearly interpolated onto the fine grid given by
+    (i0, frac) [M], times ``scale`` [M], zero-padded at each end -> [..., M + 2]."""
     fine = rows[..., i0] * (1.0 - frac) + rows[..., i0 + 1] * frac
     if scale is not None:
         fine = fine * scale
-    return jnp.pad(fine, ((0, 0), (0, 0), (1, 1)))
+    return jnp.pad(fine, [(0, 0)] * (fine.ndim - 1) + [(1, 1)])
 
 
 def _nearest(table: jax.Array, pos: jax.Array) -> jax.Array:
-    """``table`` [B, M + 2] (zero-padded) at the nearest fine sample to ``pos`` [H, W] (fine
-    units, 0 = first real sample); positions off the table read the zero padding."""
+    """``table`` [..., M + 2] (zero-padded) at the nearest fine sample to ``pos`` [H, W] (fine
+    units, 0 = first real sample) -> [..., H, W]; positions off the table read the padding."""
     idx = jnp.clip(pos + 1.5, 0.0, table.shape[-1] - 1.0).astype(jnp.int32)
-    return table[:, idx]
+    return table[..., idx]
 
 
 def _fine_grid(channel: np.ndarray, num_detectors: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,37 +156,59 @@ def _fine_grid(channel: np.ndarray, num_detectors: int) -> tuple[np.ndarray, np.
     return i0, (channel - i0).astype(np.float32)
 
 
+def _quarter_turn_groups(angles: np.ndarray) -> int:
+    """G in (4, 2, 1): views v + k V/G (k < G) sit at angle(v) + k pi/2 for every v < V/G."""
+    for groups in (4, 2):
+        if angles.size % groups == 0 and angles.size >= groups:
+            q = angles.size // groups
+            step = np.angle(np.exp(1j * (angles[q:] - angles[:-q] - np.pi / 2)))
+            if np.all(np.abs(step) < 1e-9):
+                return groups
+    return 1
+
+
 def _sum_over_views(filtered: jax.Array, angles: np.ndarray, size: int,
                     make_tables: Callable[[jax.Array], jax.Array],
                     view_image: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
                     ) -> jax.Array:
-    """Sum over views of ``view_image(table [B, M + 2], cos, sin) -> [B, H, W]``.
+    """Sum over views of ``view_image(tables [B, G, M + 2], cos, sin) -> [B, G, H, W]``.
+
+    The square grid is unchanged by a quarter turn about the isocentre, so the view at
+    angle + pi/2 seen at pixel p equals the view at angle seen at p turned back by pi/2. When the
+    views come in such groups (``_quarter_turn_groups``), each pixel's detector position and
+    weight are computed once per group and the group's G tables are read with the same indices
+    into G accumulators, turned into place at the end.
 
     Views go in chunks: the fine tables of a chunk are built in the outer loop, so XLA cannot
     fuse their construction (two gathers per sample) into the per-pixel gather of the inner loop,
     which would recompute them for every pixel. Zero projections pad the last chunk.
     """
-    num_views = filtered.shape[1]
-    chunk = min(_VIEW_CHUNK, num_views)
-    num_chunks = -(-num_views // chunk)
-    extra = num_chunks * chunk - num_views
-    filtered = jnp.pad(filtered, ((0, 0), (0, extra), (0, 0)))
+    batch, num_views, n_det = filtered.shape
+    groups = _quarter_turn_groups(angles)
+    per_group = num_views // groups
+    filtered = filtered.reshape(batch, groups, per_group, n_det)
+    angles = angles[:per_group]
+    chunk = min(_VIEW_CHUNK, per_group)
+    num_chunks = -(-per_group // chunk)
+    extra = num_chunks * chunk - per_group
+    filtered = jnp.pad(filtered, ((0, 0), (0, 0), (0, extra), (0, 0)))
     angles = np.concatenate([angles, np.zeros(extra)])
     cos_a = jnp.asarray(np.cos(angles), jnp.float32)
     sin_a = jnp.asarray(np.sin(angles), jnp.float32)
 
     def outer(c, acc):
-        rows = jax.lax.dynamic_slice_in_dim(filtered, c * chunk, chunk, axis=1)
+        rows = jax.lax.dynamic_slice_in_dim(filtered, c * chunk, chunk, axis=2)
         tables = make_tables(rows)
 
         def inner(j, acc):
             v = c * chunk + j
-            return acc + view_image(tables[:, j], cos_a[v], sin_a[v])
+            return acc + view_image(tables[:, :, j], cos_a[v], sin_a[v])
 
         return jax.lax.fori_loop(0, chunk, inner, acc)
 
-    acc = jnp.zeros((filtered.shape[0], size, size), jnp.float32)
-    return jax.lax.fori_loop(0, num_chunks, outer, acc)
+    acc = jnp.zeros((batch, groups, size, size), jnp.float32)
+    acc = jax.lax.fori_loop(0, num_chunks, outer, acc)
+    return sum(jnp.rot90(acc[:, k], k=k, axes=(1, 2)) for k in range(groups))
 
 
 def _backproject_parallel(filtered: jax.Array, geometry: ParallelBeamGeometry) -> jax.Array:
