@@ -62,7 +62,8 @@ def test_parallel_fbp_matches_skimage_iradon_hann():
     assert rel_rmse < 0.01, rel_rmse
 
 
-@pytest.mark.parametrize("views", [180, 360])
+# 180 views use the quarter-turn grouping of the backprojection, 179 the plain view loop.
+@pytest.mark.parametrize("views", [180, 179])
 def test_fan_fbp_at_least_as_accurate_as_skimage_parallel(views):
     grid = ImageGrid(128, 1.5)
     geometry = FanBeamGeometry(grid, num_views=views, num_detectors=200, detector_spacing_mm=2.5)
