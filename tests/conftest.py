@@ -9,3 +9,23 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES_FOR_TF", "")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_data_dir(tmp_path_factory):
+    """The tiny built-in CT dataset, built once per session through the real CLI."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    result = subprocess.run(
+        [sys.executable, "-m", "data_prep.ct", "--config=tiny", f"--data_dir={data_dir}",
+         "--tv_iterations=30"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return data_dir

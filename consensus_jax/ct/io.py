@@ -109,6 +109,16 @@ def read_dicom_patients(root: str | Path, *,
     return patients
 
 
+def read_dicom_series(folder: str | Path, *,
+                      missing_rescale: tuple[float, float] | None = None) -> Volume:
+    """Read the one CT series of a single patient folder (see ``read_dicom_patients``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Patient folder {folder} does not exist or is not a folder; "
+                                "pass a folder holding one patient's CT series.")
+    return _read_series(folder, missing_rescale)
+
+
 def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
         part.startswith(".") for part in p.relative_to(folder).parts))

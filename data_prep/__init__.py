@@ -1,0 +1,1 @@
+"""Offline dataset preparation: TFDS builders that write split noisy pairs as TFRecord shards."""

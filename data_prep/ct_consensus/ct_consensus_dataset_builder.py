@@ -1,0 +1,272 @@
+"""``ct_consensus``: simulated quarter-dose CT slices split into odd/even-view FBP pairs.
+
+Each example is one slice: the quarter-dose views split in two halves, each reconstructed by
+Hann-filtered FBP (x1, x2), the quarter-dose FBP of all views (x_est), the full-dose FBP (x_full,
+the paper's reference), the FBP of the noiseless projections (x_clean) and the source image
+(x_true), in HU / 1000, plus patient and slice ids. Train/test are split by patient.
+
+Sources (``CtConfig.source``):
+  * ``phantom``: built-in procedural abdomen virtual patients (consensus_jax.ct.phantom).
+  * ``dicom``: ``--manual_dir`` holds one sub-folder of CT DICOM files per patient (e.g. the
+    full-dose images of the LDCT Grand Challenge / TCIA LDCT-and-Projection-data).
+  * ``numpy``: ``--manual_dir`` holds one .npy/.npz stack in HU per patient.
+The scan is simulated from the source images (Poisson full dose, binomial thinning to the low
+dose), with the geometry and photon counts in the dataset metadata (metadata.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from consensus_jax import features
+from consensus_jax.ct import geometry as ct_geometry
+from consensus_jax.ct import io as ct_io
+from consensus_jax.ct import phantom
+
+#: Full-dose photons per ray of each preset, from the calibration `python -m data_prep.ct
+#: --calibrate --config=<name>`: quarter-dose FBP vs full-dose FBP RMSE of about 27.6 HU over the
+#: image, the paper's FBP row (bench/RESULTS.md lists the sweep).
+CALIBRATED_PHOTONS = {"tiny": 2.0e4, "quick": 3.0e4, "paper": 1.0e5}
+
+
+@dataclasses.dataclass(eq=False)
+class CtConfig(tfds.core.BuilderConfig):
+    """One dataset variant. Lengths in mm, angles in radians, images in HU on disk / 1000.
+
+    Attributes:
+      source: "phantom", "dicom" or "numpy".
+      size_px: reconstruction grid side (square).
+      pixel_size_mm: reconstruction pixel size; None: 380 mm / size_px (the phantom's FOV).
+      geometry: "fan" (equiangular detector of the Grand Challenge scanner) or "parallel".
+      num_views: views per rotation (paper: 2304, split into 1152 odd and 1152 even).
+      detector_binning: channels combined into one (736 channels / binning), for coarse grids.
+      photons_per_ray: full-dose I0; the low dose is ``dose_fraction`` of it.
+      dose_fraction: 0.25 for quarter dose.
+      electronic_noise_counts: std of the additive electronic noise, counts.
+      split: view split registered in consensus_jax.ct.split ("odd_even": the paper).
+      num_train_patients, num_test_patients: paper 8 and 2.
+      slices_per_patient: paper 50, drawn at random per patient from ``seed``.
+      seed: selects virtual patients, slices and every noise realisation.
+    """
+
+    source: str = "phantom"
+    size_px: int = 256
+    pixel_size_mm: float | None = None
+    geometry: str = "fan"
+    num_views: int = 2304
+    detector_binning: int = 1
+    photons_per_ray: float = 1.0e5
+    dose_fraction: float = 0.25
+    electronic_noise_counts: float = 0.0
+    split: str = "odd_even"
+    num_train_patients: int = 8
+    num_test_patients: int = 2
+    slices_per_patient: int = 50
+    seed: int = 0
+
+    @property
+    def grid_pixel_size_mm(self) -> float:
+        return self.pixel_size_mm or phantom.default_pixel_size_mm(self.size_px)
+
+    def scan_geometry(self) -> ct_geometry.FanBeamGeometry | ct_geometry.ParallelBeamGeometry:
+        grid = ct_geometry.ImageGrid(self.size_px, self.grid_pixel_size_mm)
+        if self.geometry == "fan":
+            base = ct_geometry.FanBeamGeometry()
+            return ct_geometry.FanBeamGeometry(
+                image=grid, num_views=self.num_views,
+                num_detectors=math.ceil(base.num_detectors / self.detector_binning),
+                detector_spacing_mm=base.detector_spacing_mm * self.detector_binning)
+        if self.geometry == "parallel":
+            width_mm = math.sqrt(2.0) * self.size_px * self.grid_pixel_size_mm
+            dets = int(math.ceil(width_mm / self.grid_pixel_size_mm)) | 1
+            return ct_geometry.ParallelBeamGeometry(
+                image=grid, num_views=self.num_views, num_detectors=dets,
+                detector_spacing_mm=self.grid_pixel_size_mm, angular_range_rad=math.pi)
+        raise ValueError(f"CtConfig.geometry must be 'fan' or 'parallel', got {self.geometry!r}.")
+
+    def metadata(self) -> dict[str, Any]:
+        geom = self.scan_geometry()
+        return {
+            "modality": "ct", "units": "HU / 1000", "source": self.source,
+            "geometry_kind": self.geometry,
+            "geometry": {k: v for k, v in dataclasses.asdict(geom).items()
+                         if k != "view_angles_rad"},
+            "photons_per_ray_full_dose": self.photons_per_ray,
+            "dose_fraction": self.dose_fraction,
+            "electronic_noise_counts": self.electronic_noise_counts,
+            "split": self.split, "seed": self.seed,
+            "num_train_patients": self.num_train_patients,
+            "num_test_patients": self.num_test_patients,
+            "slices_per_patient": self.slices_per_patient,
+            "fbp_filter": "ramp apodised by a Hann window, cutoff 1.0 (Nyquist)",
+        }
+
+
+def _preset(name: str, description: str, **kwargs) -> CtConfig:
+    photons = CALIBRATED_PHOTONS.get(name)
+    if photons is not None:
+        kwargs.setdefault("photons_per_ray", photons)
+    return CtConfig(name=name, version=tfds.core.Version("1.0.0"), description=description,
+                    **kwargs)
+
+
+PRESETS = {
+    "tiny": _preset("tiny", "Tests: 64 px, 180 views, 2+1 virtual patients x 3 slices.",
+                    size_px=64, num_views=180, detector_binning=8, num_train_patients=2,
+                    num_test_patients=1, slices_per_patient=3),
+    "quick": _preset("quick", "CPU demo: 256 px, 1152 views (736 channels binned by 2), 8+2 "
+                     "virtual patients x 8 slices.", size_px=256, num_views=1152,
+                     detector_binning=2, slices_per_patient=8),
+    "paper": _preset("paper", "The paper's size: 512 px, 2304 views, 736 channels, 8+2 virtual "
+                     "patients x 50 slices.", size_px=512, num_views=2304),
+    "dicom": _preset("dicom", "Your DICOM series (--manual_dir: one folder per patient), "
+                     "resampled to 512 px at 0.742 mm, 2304 views; 50 random slices each.",
+                     source="dicom", size_px=512, num_views=2304,
+                     photons_per_ray=CALIBRATED_PHOTONS["paper"]),
+    "numpy": _preset("numpy", "Your .npy/.npz stacks in HU (--manual_dir: one file per "
+                     "patient), resampled to 512 px, 2304 views; 50 random slices each.",
+                     source="numpy", size_px=512, num_views=2304,
+                     photons_per_ray=CALIBRATED_PHOTONS["paper"]),
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Sources: the list of patients, the slices drawn from each, and their HU images on the grid.
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientSource:
+    """One patient: an id, its split and a loader of [S, H, W] HU slices on the grid."""
+
+    patient: str
+    patient_id: int
+    split: str
+    slice_indices: tuple[int, ...]
+    location: str  # phantom seed, DICOM folder or NumPy file
+
+
+def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSource]:
+    """Patients of every split, deterministic in ``config.seed``."""
+    n_train, n_test = config.num_train_patients, config.num_test_patients
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"Need >= 1 training and >= 1 test patient, got {n_train} and {n_test}.")
+    if config.source == "phantom":
+        total = phantom.ABDOMEN_LENGTH_MM / phantom.SLICE_SPACING_MM
+        rng = np.random.default_rng([config.seed, 7])
+        out = []
+        for i in range(n_train + n_test):
+            if config.slices_per_patient > total:
+                raise ValueError(f"slices_per_patient={config.slices_per_patient} exceeds the "
+                                 f"{int(total)} slices of a virtual patient.")
+            slices = np.sort(rng.choice(int(total), config.slices_per_patient, replace=False))
+            seed = 1000 * config.seed + i
+            out.append(PatientSource(f"virtual-{seed:04d}", i, "train" if i < n_train else "test",
+                                     tuple(int(s) for s in slices), str(seed)))
+        return out
+    if manual_dir is None or not Path(manual_dir).is_dir():
+        raise FileNotFoundError(
+            f"The {config.source!r} config reads your data from --manual_dir, which is "
+            f"{manual_dir!r}. Point it at a folder with " +
+            ("one sub-folder of DICOM files per patient." if config.source == "dicom"
+             else "one .npy/.npz file (HU) per patient."))
+    root = Path(manual_dir)
+    if config.source == "dicom":
+        entries = sorted(p for p in root.iterdir() if p.is_dir())
+    elif config.source == "numpy":
+        entries = sorted(p for p in root.iterdir() if p.suffix in (".npy", ".npz"))
+    else:
+        raise ValueError(f"CtConfig.source must be phantom, dicom or numpy, got {config.source!r}.")
+    if len(entries) < n_train + n_test:
+        raise ValueError(f"{root} holds {len(entries)} patients; the config needs "
+                         f"{n_train} + {n_test}. Lower num_train_patients/num_test_patients.")
+    order = np.random.default_rng([config.seed, 11]).permutation(len(entries))
+    chosen = [entries[i] for i in order[:n_train + n_test]]
+    out = []
+    for i, path in enumerate(chosen):
+        volume = _read_volume(config, path)
+        slices = ct_io.sample_slices(volume, config.slices_per_patient, config.seed)
+        out.append(PatientSource(volume.patient_id, i, "train" if i < n_train else "test",
+                                 tuple(int(s) for s in slices), str(path)))
+    return out
+
+
+def _read_volume(config: CtConfig, path: Path) -> ct_io.Volume:
+    if config.source == "dicom":
+        return ct_io.read_dicom_series(path)
+    return ct_io.read_numpy_stack(path)
+
+
+def load_slices(config: CtConfig, source: PatientSource) -> np.ndarray:
+    """[S, H, W] HU images of the patient's chosen slices on the reconstruction grid."""
+    grid_mm = config.grid_pixel_size_mm
+    if config.source == "phantom":
+        seed = int(source.location)
+        stack = phantom.virtual_patient(seed, max(source.slice_indices) + 1, config.size_px,
+                                        grid_mm)
+        return np.asarray(stack)[list(source.slice_indices)]
+    volume = _read_volume(config, Path(source.location))
+    hu = volume.hu[list(source.slice_indices)]
+    return ct_io.resample_to_grid(hu, volume.pixel_size_mm, config.size_px, grid_mm)
+
+
+def slice_key(config: CtConfig, patient_id: int, slice_index: int):
+    """The jax.random key of one slice's noise: a function of (seed, patient, slice) only."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), patient_id)
+    return jax.random.fold_in(key, slice_index)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """Split quarter-dose CT pairs for consensus training (Wu et al. 2019, Section 3.1)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = list(PRESETS.values())
+    DEFAULT_CONFIG_NAME = "quick"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Only for the dicom/numpy configs: put one sub-folder of CT DICOM files (dicom) or one "
+        ".npy/.npz HU stack (numpy) per patient into --manual_dir.")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config: CtConfig = self.builder_config
+        return self.dataset_info_from_configs(
+            features=features.ct_features(config.size_px),
+            metadata=tfds.core.MetadataDict(config.metadata()),
+            homepage="https://doi.org/10.1007/978-3-030-32248-9_81",
+            description=__doc__,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config: CtConfig = self.builder_config
+        manual = dl_manager.manual_dir if config.source != "phantom" else None
+        patients = list_patients(config, Path(manual) if manual else None)
+        return {split: self._generate_examples([p for p in patients if p.split == split])
+                for split in ("train", "test")}
+
+    def _generate_examples(self, patients: list[PatientSource]) -> Iterator[tuple[str, dict]]:
+        from tqdm.auto import tqdm
+
+        from consensus_jax.ct import simulate
+
+        config: CtConfig = self.builder_config
+        geometry = config.scan_geometry()
+        for source in tqdm(patients, desc=f"patients ({patients[0].split})", unit="patient"):
+            hu = load_slices(config, source)
+            for hu_slice, index in zip(hu, source.slice_indices, strict=True):
+                images = simulate.simulate_slice(
+                    hu_slice, geometry, config.photons_per_ray,
+                    slice_key(config, source.patient_id, index), config.dose_fraction,
+                    split=config.split, electronic_noise_counts=config.electronic_noise_counts)
+                example = {k: np.asarray(images[k], np.float32)[..., None]
+                           for k in features.CT_IMAGE_KEYS}
+                yield f"{source.patient}-{index:04d}", {
+                    **example, "patient": source.patient, "patient_id": source.patient_id,
+                    "slice_index": index}
