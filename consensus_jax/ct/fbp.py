@@ -18,7 +18,11 @@ about 8x slower than a division on CPU.
 Backprojection (both geometries) is pixel-driven: for each view, every pixel reads the view's
 filtered projection at its detector position from a table oversampled ``fine_oversampling``
 times (linear interpolation between channels, then the nearest table sample), one gather per
-pixel and view; views run in a ``lax.fori_loop``, chunked so the tables are built once per view.
+pixel and view; views run in a ``lax.fori_loop``, chunked so the tables are built once per view,
+and views a quarter turn apart share each pixel's position and weight (one gather reads their
+four interleaved tables). Measured alternatives that were slower on the 2-core CPU: two gathers
+with exact linear interpolation (1.7x), a polynomial arctangent with channel-uniform tables
+(1.15x), and cache tiling of the image (no gain).
 
 Units: sinograms are dimensionless line integrals; images are attenuation in 1/mm.
 """
@@ -144,10 +148,10 @@ def _fine_tables(rows: jax.Array, i0: np.ndarray, frac: np.ndarray,
 
 
 def _nearest(table: jax.Array, pos: jax.Array) -> jax.Array:
-    """``table`` [..., M + 2] (zero-padded) at the nearest fine sample to ``pos`` [H, W] (fine
-    units, 0 = first real sample) -> [..., H, W]; positions off the table read the padding."""
-    idx = jnp.clip(pos + 1.5, 0.0, table.shape[-1] - 1.0).astype(jnp.int32)
-    return table[..., idx]
+    """``table`` [B, M + 2, G] (zero-padded) at the nearest fine sample to ``pos`` [H, W] (fine
+    units, 0 = first real sample) -> [B, H, W, G]; positions off the table read the padding."""
+    idx = jnp.clip(pos + 1.5, 0.0, table.shape[1] - 1.0).astype(jnp.int32)
+    return table[:, idx]
 
 
 def _fine_grid(channel: np.ndarray, num_detectors: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,13 +175,13 @@ def _sum_over_views(filtered: jax.Array, angles: np.ndarray, size: int,
                     make_tables: Callable[[jax.Array], jax.Array],
                     view_image: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
                     ) -> jax.Array:
-    """Sum over views of ``view_image(tables [B, G, M + 2], cos, sin) -> [B, G, H, W]``.
+    """Sum over views of ``view_image(tables [B, M + 2, G], cos, sin) -> [B, H, W, G]``.
 
     The square grid is unchanged by a quarter turn about the isocentre, so the view at
     angle + pi/2 seen at pixel p equals the view at angle seen at p turned back by pi/2. When the
     views come in such groups (``_quarter_turn_groups``), each pixel's detector position and
-    weight are computed once per group and the group's G tables are read with the same indices
-    into G accumulators, turned into place at the end.
+    weight are computed once per group and the group's G tables, interleaved so one gather reads
+    G adjacent values, go into G accumulators that are turned into place at the end.
 
     Views go in chunks: the fine tables of a chunk are built in the outer loop, so XLA cannot
     fuse their construction (two gathers per sample) into the per-pixel gather of the inner loop,
@@ -198,17 +202,17 @@ def _sum_over_views(filtered: jax.Array, angles: np.ndarray, size: int,
 
     def outer(c, acc):
         rows = jax.lax.dynamic_slice_in_dim(filtered, c * chunk, chunk, axis=2)
-        tables = make_tables(rows)
+        tables = jnp.moveaxis(make_tables(rows), 1, -1)
 
         def inner(j, acc):
             v = c * chunk + j
-            return acc + view_image(tables[:, :, j], cos_a[v], sin_a[v])
+            return acc + view_image(tables[:, j], cos_a[v], sin_a[v])
 
         return jax.lax.fori_loop(0, chunk, inner, acc)
 
-    acc = jnp.zeros((batch, groups, size, size), jnp.float32)
+    acc = jnp.zeros((batch, size, size, groups), jnp.float32)
     acc = jax.lax.fori_loop(0, num_chunks, outer, acc)
-    return sum(jnp.rot90(acc[:, k], k=k, axes=(1, 2)) for k in range(groups))
+    return sum(jnp.rot90(acc[..., k], k=k, axes=(1, 2)) for k in range(groups))
 
 
 def _backproject_parallel(filtered: jax.Array, geometry: ParallelBeamGeometry) -> jax.Array:
@@ -247,7 +251,7 @@ def _backproject_fan(filtered: jax.Array, geometry: FanBeamGeometry) -> jax.Arra
         lateral = ys * c - xs * s
         inv_depth = 1.0 / (d - (xs * c + ys * s))
         pos = (lateral * inv_depth - tan_start) * (1.0 / tan_step)
-        return _nearest(table, pos) * (inv_depth * inv_depth)
+        return _nearest(table, pos) * (inv_depth * inv_depth)[..., None]
 
     acc = _sum_over_views(filtered, geometry.view_angles(), geometry.image.size_px,
                           lambda rows: _fine_tables(rows, i0, frac, cos2), view_image)
