@@ -5,6 +5,16 @@ convolution on the way up, concatenated with the skip connection and followed by
 convolutions with ReLU. A 1x1 convolution maps to the output channels and, by default, the input is
 added back (global residual, as in FBPConvNet). There is no normalisation layer, so ``apply`` is a
 pure function of ``(params, x)`` with no batch statistics.
+
+``UNetConfig.layer_impl`` picks how the up-convolution and the pooling are computed, never what
+they compute (same parameters, same outputs): ``"xla"`` uses flax's ``ConvTranspose`` and
+``max_pool``; ``"reshape"`` computes the 2x2 stride-2 transposed convolution as one matrix product
+followed by a depth-to-space reshape, and the 2x2 max-pooling as a max over a reshaped axis. XLA CPU
+executes the input-dilated convolution behind ``ConvTranspose`` and the select-and-scatter behind
+the pooling gradient with slow generic loops, so ``"auto"`` (the default) means ``"reshape"`` on CPU
+and ``"xla"`` on GPU/TPU (see bench/PERF_LOG.md). The pooling gradients differ only where two
+inputs of a window tie for the maximum (flax picks one, the reshape splits it); after ReLU, ties
+happen among zeros, whose gradient through the ReLU is zero either way.
 """
 
 from __future__ import annotations
@@ -21,6 +31,20 @@ import jax.numpy as jnp
 Array = jax.Array
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+LAYER_IMPLS = ("auto", "xla", "reshape")
+
+
+def resolve_layer_impl(layer_impl: str, backend: str | None = None) -> str:
+    """The concrete implementation ("xla" or "reshape") for ``layer_impl`` on ``backend``.
+
+    ``"auto"`` is ``"reshape"`` on the CPU backend and ``"xla"`` elsewhere; ``backend`` defaults to
+    ``jax.default_backend()``.
+    """
+    if layer_impl not in LAYER_IMPLS:
+        raise ValueError(f"model.layer_impl must be one of {LAYER_IMPLS}, got {layer_impl!r}.")
+    if layer_impl != "auto":
+        return layer_impl
+    return "reshape" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +59,8 @@ class UNetConfig:
       out_channels: equal to ``in_channels`` when ``residual`` is on.
       residual: output = input + UNet(input).
       dtype: compute dtype name, "float32" (default) or "bfloat16"; parameters stay float32.
+      layer_impl: how up-convolution and pooling are computed, one of ``LAYER_IMPLS``; every
+        choice gives the same function of the same parameters (module docstring).
     """
 
     base_features: int = 32
@@ -43,6 +69,7 @@ class UNetConfig:
     out_channels: int = 1
     residual: bool = True
     dtype: str = "float32"
+    layer_impl: str = "auto"
 
     def __post_init__(self):
         if self.base_features < 1:
@@ -62,6 +89,7 @@ class UNetConfig:
             )
         if self.dtype not in _DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
+        resolve_layer_impl(self.layer_impl, backend="cpu")
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> UNetConfig:
@@ -94,6 +122,34 @@ class _DoubleConv(nn.Module):
         return x
 
 
+class _UpConvGemm(nn.Module):
+    """``nn.ConvTranspose(features, (2, 2), strides=(2, 2))`` as one GEMM + depth-to-space.
+
+    Same parameters (``kernel`` [2, 2, in, features], ``bias`` [features], same initialisers) and
+    the same output: flax's transposed convolution (``transpose_kernel=False``) writes
+    ``x[i, j] @ kernel[1 - a, 1 - b]`` to output pixel ``(2i + a, 2j + b)``.
+    """
+
+    features: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, h, w, cin = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, cin, self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        k = kernel[::-1, ::-1].astype(self.dtype)
+        y = jnp.einsum("bhwc,xycf->bhxwyf", x.astype(self.dtype), k)
+        return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+
+
+def _max_pool_2x2(x: Array) -> Array:
+    """2x2 max-pooling, stride 2, as a max over reshaped axes: [B, H, W, C] -> [B, H/2, W/2, C]."""
+    b, h, w, c = x.shape
+    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 class UNet(nn.Module):
     """UNet f(x; Theta): [B, H, W, in_channels] -> [B, H, W, out_channels], float32 output."""
 
@@ -113,18 +169,21 @@ class UNet(nn.Module):
                 "use consensus_jax.models.apply_padded (or train_lib.denoise) for other sizes."
             )
         dtype = _DTYPES[cfg.dtype]
+        reshape = resolve_layer_impl(cfg.layer_impl) == "reshape"
         h = x.astype(dtype)
         skips = []
         for level in range(cfg.depth):
             h = _DoubleConv(cfg.base_features * 2**level, dtype, name=f"down{level}")(h)
             skips.append(h)
-            h = nn.max_pool(h, (2, 2), strides=(2, 2))
+            h = _max_pool_2x2(h) if reshape else nn.max_pool(h, (2, 2), strides=(2, 2))
         h = _DoubleConv(cfg.base_features * 2**cfg.depth, dtype, name="bottom")(h)
         for level in reversed(range(cfg.depth)):
-            h = nn.ConvTranspose(
-                cfg.base_features * 2**level, (2, 2), strides=(2, 2), dtype=dtype,
-                param_dtype=jnp.float32, name=f"up{level}",
-            )(h)
+            features = cfg.base_features * 2**level
+            if reshape:
+                h = _UpConvGemm(features, dtype, name=f"up{level}")(h)
+            else:
+                h = nn.ConvTranspose(features, (2, 2), strides=(2, 2), dtype=dtype,
+                                     param_dtype=jnp.float32, name=f"up{level}")(h)
             h = jnp.concatenate([h, skips[level]], axis=-1)
             h = _DoubleConv(cfg.base_features * 2**level, dtype, name=f"dec{level}")(h)
         out = nn.Conv(
