@@ -28,14 +28,17 @@ _OVERSAMPLING = 8
 def _ray_points_and_directions(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """A point on every ray and its unit direction, each [views, detectors, 2] (x, y) in mm."""
     angles = geometry.view_angles()[:, None]
+    shape = geometry.sinogram_shape
     if isinstance(geometry, ParallelBeamGeometry):
         t = geometry.detector_positions_mm()[None, :]
         point = np.stack([t * np.cos(angles), t * np.sin(angles)], axis=-1)
-        direction = np.stack([-np.sin(angles) + 0 * t, np.cos(angles) + 0 * t], axis=-1)
+        direction = np.stack([np.broadcast_to(-np.sin(angles), shape),
+                              np.broadcast_to(np.cos(angles), shape)], axis=-1)
         return point, direction
     gamma = geometry.fan_angles_rad()[None, :]
     d = geometry.source_to_isocenter_mm
-    source = np.stack([d * np.cos(angles) + 0 * gamma, d * np.sin(angles) + 0 * gamma], axis=-1)
+    source = np.stack([np.broadcast_to(d * np.cos(angles), shape),
+                       np.broadcast_to(d * np.sin(angles), shape)], axis=-1)
     direction = np.stack([-np.cos(gamma) * np.cos(angles) - np.sin(gamma) * np.sin(angles),
                           -np.cos(gamma) * np.sin(angles) + np.sin(gamma) * np.cos(angles)],
                          axis=-1)

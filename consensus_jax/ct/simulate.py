@@ -17,7 +17,7 @@ import numpy as np
 
 from consensus_jax.ct.dose import MU_WATER_PER_MM, hu_to_mu, simulate_dose_pair
 from consensus_jax.ct.fbp import fbp
-from consensus_jax.ct.geometry import Geometry
+from consensus_jax.ct.geometry import FanBeamGeometry, Geometry
 from consensus_jax.ct.projector import forward_project
 from consensus_jax.ct.split import get_split
 
@@ -119,7 +119,7 @@ def default_noise_mask(geometry: Geometry) -> np.ndarray:
     """Boolean [H, W] disk where noise is measured: the inscribed circle of the grid, shrunk to
     the scanner's field of view for fan beam."""
     radius = geometry.image.size_px * geometry.image.pixel_size_mm / 2.0
-    if hasattr(geometry, "fov_radius_mm"):
+    if isinstance(geometry, FanBeamGeometry):
         radius = min(radius, geometry.fov_radius_mm)
     return geometry.image.fov_mask(radius_mm=radius)
 

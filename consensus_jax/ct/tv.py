@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from consensus_jax.ct.geometry import Geometry
-from consensus_jax.ct.projector import _forward, back_project
+from consensus_jax.ct.projector import back_project, forward_project
 
 _GRAD_NORM_BOUND = float(np.sqrt(8.0))
 
@@ -60,17 +60,17 @@ def projector_norm(geometry: Geometry, num_iterations: int = 30,
     x = jax.random.uniform(key, (1, n, n), jnp.float32)
 
     def body(_, x):
-        y = back_project(_forward(x, geometry), geometry)
+        y = back_project(forward_project(x, geometry), geometry)
         return y / jnp.linalg.norm(y)
 
     x = jax.lax.fori_loop(0, num_iterations, body, x / jnp.linalg.norm(x))
-    return jnp.linalg.norm(_forward(x, geometry))
+    return jnp.linalg.norm(forward_project(x, geometry))
 
 
 def tv_objective(images: jax.Array, sinograms: jax.Array, geometry: Geometry, lam: float,
                  weights: jax.Array | None = None) -> jax.Array:
     """``1/2 ||A mu - p||_W^2 + lambda TV(mu)`` summed over the batch (a scalar)."""
-    residual = _forward(images, geometry) - sinograms
+    residual = forward_project(images, geometry) - sinograms
     w = 1.0 if weights is None else weights
     return 0.5 * jnp.sum(w * residual ** 2) + lam * jnp.sum(total_variation(images))
 
@@ -115,7 +115,7 @@ def tv_reconstruct(sinograms: jax.Array, geometry: Geometry, lam: float, num_ite
 
     def body(state, _):
         x, x_bar, y_data, y_grad = state
-        y_data = (y_data + step * (_forward(x_bar, geometry) - sinograms)) / (1.0 + step / w)
+        y_data = (y_data + step * (forward_project(x_bar, geometry) - sinograms)) / (1.0 + step / w)
         y_grad = y_grad + step * scale * gradient(x_bar)
         magnitude = jnp.sqrt(jnp.sum(y_grad ** 2, axis=1, keepdims=True))
         y_grad = y_grad / jnp.maximum(1.0, magnitude / radius)
