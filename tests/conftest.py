@@ -29,3 +29,14 @@ def tiny_ct_data_dir(tmp_path_factory):
          "--tv_iterations=30"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_mri_data_dir(tmp_path_factory):
+    """The tiny built-in MRI dataset, built once per session through the real CLI."""
+    data_dir = tmp_path_factory.mktemp("tfds_mri")
+    result = subprocess.run(
+        [sys.executable, "-m", "data_prep.mri", "--config=tiny", f"--data_dir={data_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return data_dir

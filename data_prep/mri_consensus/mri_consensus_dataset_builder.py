@@ -1,0 +1,423 @@
+"""``mri_consensus``: undersampled multi-coil MRI slices split into two zero-filled halves.
+
+Each example is one slice, reconstructed by ``consensus_jax.mri.pipeline.consensus_inputs``: a 4x
+Cartesian mask along the phase-encode axis (W) with the centre lines always kept, its sampled outer
+lines split at random into two halves whose zero-filled images have their outer lines amplified so
+that E[x_i] = x (x1, x2), CG-SENSE of the 4x data (x_est), zero-filling of the 4x data (x_zf), the
+fully sampled image (x_ref, the reference) and, for simulations, the noiseless fully sampled image
+(x_clean; equal to x_ref for measured data). Every image is combined with the same ACS coil maps
+and divided by one per-slice ``scale`` that maps x_est into [-1, 1]; stored as (real, imaginary)
+channels. Train/test are split by patient.
+
+Sources (``MriConfig.source``):
+  * ``phantom``: built-in procedural sagittal knees (consensus_jax.mri.phantom.knee_phantom). A
+    patient is a seed; its slices are the same knee warped smoothly with the slice position
+    (``virtual_knee``), so slices of one patient are related and patients differ.
+  * ``mni``: axial slices of the MNI152 T1 template shipped in nilearn (``pip install -e
+    .[mri-data]``). There is one template brain: a patient is a block of adjacent template slices,
+    so train and test patients are different levels of the same brain.
+  * ``fastmri``: NYU fastMRI multi-coil knee HDF5 files in ``--manual_dir``, one file per patient.
+The simulated sources get coil sensitivities, a smooth phase and complex Gaussian noise from
+consensus_jax.mri.simulate. Every random draw of a slice (phase, noise, mask, split) comes from
+``slice_key(config, patient_id, slice_index)``; the settings are in the dataset metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from consensus_jax import features
+from consensus_jax.mri.masks import Undersampling
+from consensus_jax.mri.pipeline import ConsensusMRIConfig
+from consensus_jax.mri.simulate import CoilSimulation
+
+SOURCES = ("phantom", "mni", "fastmri")
+#: Axial range of the MNI152 template (1 mm slices) split into "patients": the cerebrum.
+MNI_Z_RANGE = (40, 141)
+#: Largest in-plane displacement of the knee warp at the outermost slices, in FOV half-widths.
+KNEE_WARP_AMPLITUDE = 0.03
+#: Relative anterior-posterior shrink of the leg at the outermost slices of a virtual knee.
+KNEE_SHRINK = 0.15
+
+
+@dataclasses.dataclass(eq=False)
+class MriConfig(tfds.core.BuilderConfig):
+    """One dataset variant. Images are [height_px, width_px], phase encode along the width.
+
+    Attributes:
+      source: "phantom", "mni" or "fastmri".
+      height_px, width_px: image size (readout x phase encode). Built-in sources are square;
+        fastMRI knee: 320 (readout after removing the 2x oversampling) x 368 (ky columns; files
+        with other widths are zero-padded or cropped in k-space around ky = 0).
+      num_coils: simulated receive coils (paper's knee data: 15); simulations only.
+      snr: simulated peak image magnitude / complex noise std per k-space sample.
+      acceleration: R of the mask (paper: 4).
+      num_center_lines: ACS lines kept in the mask and in both halves (paper: 48).
+      mask_convention: "outer" (outer lines sampled with probability 1 / R; the paper's "8x each"
+        halves amplified by 8) or "fastmri" (R counts the centre lines too).
+      sense_lambda, sense_iterations: CG-SENSE Tikhonov weight and iterations (x_est).
+      map_threshold: coil-map support, relative to the peak of the low-resolution RSS.
+      num_train_patients, num_test_patients: paper 16 and 4.
+      slices_per_patient: slices per patient (paper: 31 to 35); fastmri: 0 takes every slice
+        of a file, n > 0 at most n slices drawn at random.
+      seed: selects virtual patients, slices and every random draw of every slice.
+    """
+
+    source: str = "phantom"
+    height_px: int = 320
+    width_px: int = 320
+    num_coils: int = 15
+    snr: float = 100.0
+    acceleration: float = 4.0
+    num_center_lines: int = 48
+    mask_convention: str = "outer"
+    sense_lambda: float = 1e-2
+    sense_iterations: int = 30
+    map_threshold: float = 0.05
+    num_train_patients: int = 16
+    num_test_patients: int = 4
+    slices_per_patient: int = 32
+    seed: int = 0
+
+    def coil_simulation(self) -> CoilSimulation:
+        return CoilSimulation(num_coils=int(self.num_coils), snr=float(self.snr))
+
+    def reconstruction(self) -> ConsensusMRIConfig:
+        """Mask, split and SENSE settings (a frozen dataclass; static under jit)."""
+        return ConsensusMRIConfig(
+            undersampling=Undersampling(float(self.acceleration), int(self.num_center_lines),
+                                        self.mask_convention),
+            sense_lambda=float(self.sense_lambda), sense_iterations=int(self.sense_iterations),
+            map_threshold=float(self.map_threshold))
+
+    def validate(self) -> None:
+        """Raises ValueError naming the field, the bad value and the fix."""
+        if self.source not in SOURCES:
+            raise ValueError(f"MriConfig.source must be one of {SOURCES}, got {self.source!r}.")
+        if self.source != "fastmri" and self.height_px != self.width_px:
+            raise ValueError(f"The {self.source!r} source makes square images: set height_px = "
+                             f"width_px (got {self.height_px} x {self.width_px}).")
+        if self.num_train_patients < 1 or self.num_test_patients < 1:
+            raise ValueError(f"Need >= 1 training and >= 1 test patient, got "
+                             f"{self.num_train_patients} and {self.num_test_patients}.")
+        if self.slices_per_patient < (0 if self.source == "fastmri" else 1):
+            raise ValueError(f"slices_per_patient={self.slices_per_patient}: ask for at least one "
+                             "slice per patient (fastmri: 0 takes every slice).")
+        if self.num_center_lines >= self.width_px:
+            raise ValueError(f"num_center_lines={self.num_center_lines} leaves no outer lines of "
+                             f"the width_px={self.width_px} phase-encode columns; lower it.")
+        self.reconstruction()
+        if self.source != "fastmri":
+            self.coil_simulation()
+
+    def metadata(self) -> dict[str, Any]:
+        simulated = self.source != "fastmri"
+        return {
+            "modality": "mri", "source": self.source,
+            "image_shape": [self.height_px, self.width_px],
+            "axes": "rows = readout (kx), columns = phase encode (ky); mask is over columns",
+            "num_coils": self.num_coils if simulated else "from the files (fastMRI knee: 15)",
+            "snr": self.snr if simulated else "measured data",
+            "acceleration": self.acceleration, "num_center_lines": self.num_center_lines,
+            "mask_convention": self.mask_convention,
+            "half_amplification": "1 / p_half on each half's outer lines (8 at 4x, 'outer')",
+            "sense_lambda": self.sense_lambda, "sense_iterations": self.sense_iterations,
+            "coil_maps": f"ACS lines, Hann window, support > {self.map_threshold} x peak RSS; the "
+                         "same maps combine every image of a slice",
+            "normalisation": "every image divided by scale = max(|Re x_est|, |Im x_est|) of its "
+                             "slice (x_est in [-1, 1]); multiply by scale for k-space units",
+            "x_clean": "noiseless fully sampled image" if simulated else "equal to x_ref",
+            "seed": self.seed, "num_train_patients": self.num_train_patients,
+            "num_test_patients": self.num_test_patients,
+            "slices_per_patient": self.slices_per_patient,
+        }
+
+
+def _preset(name: str, description: str, **kwargs) -> MriConfig:
+    config = MriConfig(name=name, version=tfds.core.Version("1.0.0"), description=description,
+                       **kwargs)
+    config.validate()
+    return config
+
+
+PRESETS = {
+    "tiny": _preset("tiny", "Tests: 64 px knees, 4 coils, 8 centre lines, 2+1 patients x 3 "
+                    "slices.", height_px=64, width_px=64, num_coils=4, num_center_lines=8,
+                    num_train_patients=2, num_test_patients=1, slices_per_patient=3),
+    "quick": _preset("quick", "CPU demo: 128 px knees, 8 coils, 16 centre lines, 8+2 patients x "
+                     "8 slices.", height_px=128, width_px=128, num_coils=8,
+                     num_center_lines=16, num_train_patients=8, num_test_patients=2,
+                     slices_per_patient=8),
+    "knee": _preset("knee", "The paper's setting: 320 px knees, 15 coils, 48 centre lines, 4x, "
+                    "16+4 patients x 32 slices."),
+    "mni": _preset("mni", "MNI152 T1 template (nilearn), 128 px, 8 coils, 16 centre lines, 8+2 "
+                   "blocks of adjacent slices x 8.", source="mni", height_px=128, width_px=128,
+                   num_coils=8, num_center_lines=16, num_train_patients=8,
+                   num_test_patients=2, slices_per_patient=8),
+    "fastmri": _preset("fastmri", "Your fastMRI multi-coil knee files (--manual_dir: one .h5 "
+                       "per patient), 320 x 368, 48 centre lines, 4x, 16+4 patients, every "
+                       "slice.", source="fastmri", height_px=320, width_px=368,
+                       slices_per_patient=0),
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Sources: the list of patients and the slices of each.
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientSource:
+    """One patient: an id, its split and its slices."""
+
+    patient: str
+    patient_id: int
+    split: str
+    slice_indices: tuple[int, ...]
+    location: str  # phantom seed, or fastMRI file
+
+
+def _require_nilearn() -> None:
+    try:
+        import nilearn  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "The 'mni' config reads the MNI152 template shipped with nilearn, which is not "
+            "installed: `pip install -e .[mri-data]` (or use --config=quick / knee).") from err
+
+
+def list_patients(config: MriConfig, manual_dir: Path | None) -> list[PatientSource]:
+    """Patients of every split (train first), deterministic in ``config.seed``."""
+    config.validate()
+    n_train, n_test = config.num_train_patients, config.num_test_patients
+    split = lambda i: "train" if i < n_train else "test"  # noqa: E731
+    num = config.slices_per_patient
+    if config.source == "phantom":
+        out = []
+        for i in range(n_train + n_test):
+            seed = 1000 * config.seed + i
+            out.append(PatientSource(f"knee-{seed:04d}", i, split(i), tuple(range(num)),
+                                     str(seed)))
+        return out
+    if config.source == "mni":
+        _require_nilearn()
+        z0, z1 = MNI_Z_RANGE
+        n = n_train + n_test
+        if n * num > z1 - z0:
+            raise ValueError(f"{n} patients x {num} slices exceed the {z1 - z0} template slices "
+                             f"z in [{z0}, {z1}); lower slices_per_patient or the patient counts.")
+        edges = np.linspace(z0, z1, n + 1).round().astype(int)
+        order = np.random.default_rng([config.seed, 13]).permutation(n)
+        out = []
+        for i, block in enumerate(order):
+            lo, hi = int(edges[block]), int(edges[block + 1])
+            slices = np.linspace(lo, hi - 1, num).round().astype(int)
+            out.append(PatientSource(f"mni152-z{lo:03d}-{hi - 1:03d}", i, split(i),
+                                     tuple(int(z) for z in slices), "mni152"))
+        return out
+    return _fastmri_patients(config, manual_dir)
+
+
+def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[PatientSource]:
+    from consensus_jax.mri.fastmri import read_fastmri_header
+
+    if manual_dir is None or not Path(manual_dir).is_dir():
+        raise FileNotFoundError(
+            f"The 'fastmri' config reads your fastMRI multi-coil knee files from --manual_dir, "
+            f"which is {manual_dir!r}. Point it at a folder with one .h5 file per patient.")
+    files = sorted(Path(manual_dir).glob("*.h5"))
+    n_train, n_test = config.num_train_patients, config.num_test_patients
+    if len(files) < n_train + n_test:
+        raise ValueError(f"{manual_dir} holds {len(files)} .h5 files; the config needs "
+                         f"{n_train} + {n_test} patients. Add files or lower num_train_patients/"
+                         "num_test_patients (--set ... --name=...).")
+    order = np.random.default_rng([config.seed, 11]).permutation(len(files))
+    out = []
+    for i, k in enumerate(order[:n_train + n_test]):
+        path = files[k]
+        header, num_slices, _ = read_fastmri_header(path)
+        if header.recon_matrix[0] != config.height_px:
+            raise ValueError(f"{path}: reconSpace x = {header.recon_matrix[0]} rows, but the "
+                             f"config has height_px={config.height_px}; rebuild with --set "
+                             f"height_px={header.recon_matrix[0]} --name=<new name>.")
+        fit_width_columns(header.encoded_matrix[1], header.acquired_columns, config.width_px,
+                          str(path))
+        slices = np.arange(num_slices)
+        if 0 < config.slices_per_patient < num_slices:
+            rng = np.random.default_rng([config.seed, zlib.crc32(path.stem.encode())])
+            slices = np.sort(rng.choice(num_slices, config.slices_per_patient, replace=False))
+        out.append(PatientSource(path.stem, i, "train" if i < n_train else "test",
+                                 tuple(int(s) for s in slices), str(path)))
+    return out
+
+
+def fit_width_columns(num_columns: int, acquired: tuple[int, int], width: int,
+                      source: str) -> tuple[int, tuple[int, int]]:
+    """Column offset and acquired columns after zero-padding / cropping ky to ``width``.
+
+    ky = 0 sits at column ``num_columns // 2`` (centred FFT) and moves to ``width // 2``; only
+    zero-padded columns may be cropped.
+
+    Returns:
+      (offset, (start, stop)): new column = old column + offset; the acquired columns after it.
+    """
+    offset = width // 2 - num_columns // 2
+    start, stop = acquired[0] + offset, acquired[1] + offset
+    if start < 0 or stop > width:
+        raise ValueError(f"{source}: the acquired ky columns [{acquired[0]}, {acquired[1]}) of "
+                         f"{num_columns} do not fit width_px={width}; rebuild with --set "
+                         f"width_px={num_columns} --name=<new name>.")
+    return offset, (start, stop)
+
+
+def fit_width(kspace: np.ndarray, acquired: tuple[int, int], width: int, source: str
+              ) -> tuple[np.ndarray, tuple[int, int]]:
+    """k-space [C, H, ky] -> [C, H, width], ky = 0 at column width // 2, and its acquired range."""
+    num = kspace.shape[-1]
+    offset, new_acquired = fit_width_columns(num, acquired, width, source)
+    out = np.zeros((*kspace.shape[:-1], width), kspace.dtype)
+    lo, hi = max(0, offset), min(width, num + offset)
+    out[..., lo:hi] = kspace[..., lo - offset:hi - offset]
+    return out, new_acquired
+
+
+def virtual_knee(seed: int, num_slices: int, size_px: int) -> np.ndarray:
+    """A stack of related sagittal knee slices, float32 [num_slices, size_px, size_px] in [0, 1].
+
+    The knee of ``knee_phantom(., seed)`` is warped with the slice position t in [-1, 1]
+    (medial to lateral): the leg narrows anterior-posteriorly by up to ``KNEE_SHRINK`` towards
+    the outer slices, and a smooth random displacement ``t D1 + t^2 D2`` (fields fixed per seed,
+    up to ``KNEE_WARP_AMPLITUDE`` FOV half-widths) moves the anatomy, so neighbouring slices
+    differ a little and slices far apart differ more. Computed at twice the resolution and
+    averaged down 2 x 2.
+    """
+    from scipy.ndimage import map_coordinates
+
+    from consensus_jax.mri.phantom import knee_phantom
+
+    n = 2 * size_px
+    base = knee_phantom(n, seed).astype(np.float64)
+    rng = np.random.default_rng([seed, 17])
+    coords = (np.arange(n) + 0.5) / n * 2.0 - 1.0
+    v, u = np.meshgrid(coords, coords, indexing="ij")
+
+    def smooth_field() -> np.ndarray:
+        # Low-order trigonometric field: displacements vary over a third of the FOV or more.
+        field = np.zeros_like(u)
+        for a in range(3):
+            for b in range(3):
+                c = rng.standard_normal(2)
+                field += (c[0] * np.cos(np.pi * (a * u + b * v) / 2)
+                          + c[1] * np.sin(np.pi * (a * u + b * v) / 2)) / (1 + a + b)
+        return field / np.abs(field).max()
+
+    d1 = [smooth_field() for _ in range(2)]
+    d2 = [smooth_field() for _ in range(2)]
+    positions = np.linspace(-1.0, 1.0, num_slices) if num_slices > 1 else np.zeros(1)
+    out = np.empty((num_slices, size_px, size_px), np.float32)
+    for i, t in enumerate(positions):
+        amp = KNEE_WARP_AMPLITUDE
+        src_u = u / (1.0 - KNEE_SHRINK * t**2) + amp * (t * d1[0] + t**2 * d2[0])
+        src_v = v + amp * (t * d1[1] + t**2 * d2[1])
+        rows = (src_v + 1.0) / 2.0 * n - 0.5
+        cols = (src_u + 1.0) / 2.0 * n - 0.5
+        img = map_coordinates(base, [rows, cols], order=1, mode="constant", cval=0.0)
+        out[i] = img.reshape(size_px, 2, size_px, 2).mean(axis=(1, 3))
+    return np.clip(out, 0.0, 1.0)
+
+
+def load_images(config: MriConfig, source: PatientSource) -> np.ndarray:
+    """[S, H, W] magnitude images (0..1) of a built-in patient's slices."""
+    if config.source == "phantom":
+        stack = virtual_knee(int(source.location), max(source.slice_indices) + 1, config.height_px)
+        return stack[list(source.slice_indices)]
+    if config.source == "mni":
+        from consensus_jax.mri.phantom import mni152_slices
+
+        return mni152_slices(config.height_px, source.slice_indices)
+    raise ValueError(f"load_images is for the built-in sources, not {config.source!r}.")
+
+
+def slice_key(config: MriConfig, patient_id: int, slice_index: int):
+    """The jax.random key of one slice (phase, noise, mask, split): (seed, patient, slice) only."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), patient_id)
+    return jax.random.fold_in(key, slice_index)
+
+
+def _example(out: dict[str, Any]) -> dict[str, np.ndarray]:
+    example = {k: np.asarray(out[k], np.float32) for k in features.MRI_IMAGE_KEYS if k in out}
+    example.setdefault("x_clean", example["x_ref"])
+    example["scale"] = np.float32(out["scale"])
+    example["mask"] = np.asarray(out["mask"], np.uint8)
+    return example
+
+
+def patient_examples(config: MriConfig, source: PatientSource
+                     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(slice_index, features of the slice) for every slice of a patient, one at a time."""
+    import jax.numpy as jnp
+
+    from consensus_jax.mri.pipeline import consensus_inputs
+    from consensus_jax.mri.simulate import simulate_slice
+
+    recon = config.reconstruction()
+    if config.source == "fastmri":
+        from consensus_jax.mri.fastmri import read_fastmri_slices
+
+        for s in read_fastmri_slices(source.location, source.slice_indices):
+            kspace, acquired = fit_width(s.kspace, s.acquired, config.width_px, source.location)
+            key = slice_key(config, source.patient_id, s.index)
+            yield s.index, _example(consensus_inputs(jnp.asarray(kspace), key, recon,
+                                                     acquired=acquired))
+        return
+    coils = config.coil_simulation()
+    images = load_images(config, source)
+    for image, index in zip(images, source.slice_indices, strict=True):
+        key = slice_key(config, source.patient_id, index)
+        yield index, _example(simulate_slice(jnp.asarray(image), key, coils, recon))
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """Split undersampled MRI pairs for consensus training (Wu et al. 2019, Section 3.1)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = list(PRESETS.values())
+    DEFAULT_CONFIG_NAME = "quick"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Only for the fastmri config: put the NYU fastMRI multi-coil knee .h5 files (one per "
+        "patient, e.g. from multicoil_train) into --manual_dir.")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config: MriConfig = self.builder_config
+        return self.dataset_info_from_configs(
+            features=features.mri_features(config.height_px, config.width_px),
+            metadata=tfds.core.MetadataDict(config.metadata()),
+            homepage="https://doi.org/10.1007/978-3-030-32248-9_81",
+            description=__doc__,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config: MriConfig = self.builder_config
+        manual = dl_manager.manual_dir if config.source == "fastmri" else None
+        patients = list_patients(config, Path(manual) if manual else None)
+        return {split: self._generate_examples([p for p in patients if p.split == split])
+                for split in ("train", "test")}
+
+    def _generate_examples(self, patients: list[PatientSource]) -> Iterator[tuple[str, dict]]:
+        from tqdm.auto import tqdm
+
+        config: MriConfig = self.builder_config
+        for source in tqdm(patients, desc=f"patients ({patients[0].split})", unit="patient"):
+            for index, example in patient_examples(config, source):
+                yield f"{source.patient}-{index:04d}", {
+                    **example, "patient": source.patient, "patient_id": source.patient_id,
+                    "slice_index": index}
