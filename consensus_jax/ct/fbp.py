@@ -37,7 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from consensus_jax.ct.geometry import FanBeamGeometry, Geometry, ParallelBeamGeometry
+from consensus_jax.ct.geometry import (
+    FanBeamGeometry,
+    Geometry,
+    ParallelBeamGeometry,
+    quarter_turn_groups,
+)
 
 FILTER_WINDOWS = ("hann", "ramp")
 _VIEW_CHUNK = 32
@@ -160,17 +165,6 @@ def _fine_grid(channel: np.ndarray, num_detectors: int) -> tuple[np.ndarray, np.
     return i0, (channel - i0).astype(np.float32)
 
 
-def _quarter_turn_groups(angles: np.ndarray) -> int:
-    """G in (4, 2, 1): views v + k V/G (k < G) sit at angle(v) + k pi/2 for every v < V/G."""
-    for groups in (4, 2):
-        if angles.size % groups == 0 and angles.size >= groups:
-            q = angles.size // groups
-            step = np.angle(np.exp(1j * (angles[q:] - angles[:-q] - np.pi / 2)))
-            if np.all(np.abs(step) < 1e-9):
-                return groups
-    return 1
-
-
 def _sum_over_views(filtered: jax.Array, angles: np.ndarray, size: int,
                     make_tables: Callable[[jax.Array], jax.Array],
                     view_image: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -179,7 +173,7 @@ def _sum_over_views(filtered: jax.Array, angles: np.ndarray, size: int,
 
     The square grid is unchanged by a quarter turn about the isocentre, so the view at
     angle + pi/2 seen at pixel p equals the view at angle seen at p turned back by pi/2. When the
-    views come in such groups (``_quarter_turn_groups``), each pixel's detector position and
+    views come in such groups (``quarter_turn_groups``), each pixel's detector position and
     weight are computed once per group and the group's G tables, interleaved so one gather reads
     G adjacent values, go into G accumulators that are turned into place at the end.
 
@@ -188,7 +182,7 @@ def _sum_over_views(filtered: jax.Array, angles: np.ndarray, size: int,
     which would recompute them for every pixel. Zero projections pad the last chunk.
     """
     batch, num_views, n_det = filtered.shape
-    groups = _quarter_turn_groups(angles)
+    groups = quarter_turn_groups(angles)
     per_group = num_views // groups
     filtered = filtered.reshape(batch, groups, per_group, n_det)
     angles = angles[:per_group]

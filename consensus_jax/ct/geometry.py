@@ -240,6 +240,23 @@ class FanBeamGeometry:
 Geometry = ParallelBeamGeometry | FanBeamGeometry
 
 
+def quarter_turn_groups(angles: np.ndarray) -> int:
+    """The largest G in (4, 2, 1) such that view v + k V/G sits at angle(v) + k pi/2 for all
+    v < V/G and k < G (angles [V] in radians).
+
+    The square grid is unchanged by a quarter turn about the isocentre, so such views can share
+    their ray or pixel geometry: 4 for a full scan with V divisible by 4 (also its odd/even
+    halves when V / 2 is), 2 for a parallel half scan with an even V, 1 otherwise.
+    """
+    for groups in (4, 2):
+        if angles.size % groups == 0 and angles.size >= groups:
+            q = angles.size // groups
+            step = np.angle(np.exp(1j * (angles[q:] - angles[:-q] - np.pi / 2)))
+            if np.all(np.abs(step) < 1e-9):
+                return groups
+    return 1
+
+
 def ray_lines(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """Every measured ray as a line ``x . normal = offset``, for analytic projections and checks.
 

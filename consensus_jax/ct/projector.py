@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from consensus_jax.ct.geometry import Geometry, ParallelBeamGeometry
+from consensus_jax.ct.geometry import Geometry, ParallelBeamGeometry, quarter_turn_groups
 
 _OVERSAMPLING = 8
 
@@ -83,21 +83,31 @@ def _as_batch(images: jax.Array, geometry: Geometry, what: str) -> tuple[jax.Arr
 
 
 def _forward(images: jax.Array, geometry: Geometry) -> jax.Array:
-    """Unjitted forward projection of [B, N, N] attenuation images -> [B, views, detectors]."""
+    """Unjitted forward projection of [B, N, N] attenuation images -> [B, views, detectors].
+
+    When the views come in quarter-turn groups (``quarter_turn_groups``: view v + k V/G is
+    view v turned by k pi/2), view v + k V/G of the image is view v of the image turned by
+    -k pi/2; the G turned copies are interleaved on a last axis, so each ray sample is one gather
+    of G adjacent values and only V/G views' ray tables are walked.
+    """
     n = geometry.image.size_px
-    plane, start, slope, weight = _joseph_tables(geometry)
+    batch = images.shape[0]
+    groups = quarter_turn_groups(geometry.view_angles())
+    per_group = geometry.num_views // groups
+    plane, start, slope, weight = (t[:per_group] for t in _joseph_tables(geometry))
+    turned = jnp.stack([jnp.rot90(images, k=-k, axes=(1, 2)) for k in range(groups)], axis=-1)
     # Each row (plane 0) and column (plane 1) is linearly interpolated once onto a grid
     # _OVERSAMPLING times finer, so a ray sample costs one gather (nearest fine sample) instead of
     # two; gathers dominate the cost on CPU. One zero pads each end so rays leaving the image
     # read zero instead of an edge pixel.
-    planes = jnp.stack([images, jnp.swapaxes(images, -1, -2)], axis=1)
+    planes = jnp.stack([turned, jnp.swapaxes(turned, 1, 2)], axis=1)  # [B, 2, N, N, G]
     fine_pos = np.arange(_OVERSAMPLING * (n - 1) + 1) / _OVERSAMPLING
     i0 = np.minimum(np.floor(fine_pos), n - 2).astype(np.int32)
-    frac = (fine_pos - i0).astype(np.float32)
-    fine = planes[..., i0] * (1.0 - frac) + planes[..., i0 + 1] * frac
-    fine = jnp.pad(fine, ((0, 0), (0, 0), (0, 0), (1, 1)))
-    row_len = fine.shape[-1]
-    flat = fine.reshape(images.shape[0], -1)
+    frac = (fine_pos - i0).astype(np.float32)[:, None]
+    fine = planes[:, :, :, i0] * (1.0 - frac) + planes[:, :, :, i0 + 1] * frac
+    fine = jnp.pad(fine, ((0, 0), (0, 0), (0, 0), (1, 1), (0, 0)))
+    row_len = fine.shape[3]
+    flat = fine.reshape(batch, -1, groups)
     steps = jnp.arange(n, dtype=jnp.float32)
     row_offsets = jnp.arange(n, dtype=jnp.int32) * row_len
 
@@ -106,11 +116,12 @@ def _forward(images: jax.Array, geometry: Geometry) -> jax.Array:
         pos = (view_start[:, None] + view_slope[:, None] * steps[None, :]) * _OVERSAMPLING + 1.5
         pos = jnp.clip(pos, 0.0, row_len - 1.0).astype(jnp.int32)
         idx = view_plane[:, None] * (n * row_len) + row_offsets[None, :] + pos
-        return jnp.sum(flat[:, idx], axis=-1) * view_weight
+        return jnp.sum(flat[:, idx], axis=2) * view_weight[:, None]  # [B, detectors, G]
 
     tables = (jnp.asarray(plane), jnp.asarray(start), jnp.asarray(slope), jnp.asarray(weight))
-    sino = jax.lax.map(one_view, tables)
-    return jnp.moveaxis(sino, 0, 1)
+    sino = jax.lax.map(one_view, tables)  # [V / G, B, detectors, G]
+    sino = jnp.transpose(sino, (1, 3, 0, 2))  # [B, G, V / G, detectors]
+    return sino.reshape(batch, geometry.num_views, geometry.num_detectors)
 
 
 @functools.partial(jax.jit, static_argnames=("geometry",))
