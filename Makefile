@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-OUT ?= results
+BENCH_STAMP := $(VENV)/.bench-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test lint demo bench clean-results
+.PHONY: venv test lint demo demo-mri bench ablation
 
 # Idempotent: (re)installs only when the venv is missing or setup.cfg/pyproject.toml changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -22,8 +22,22 @@ lint: venv
 test: venv lint
 	$(BIN)/python -m pytest -m "not slow" -q
 
+# Quick CT experiment: built-in virtual patients -> noise2clean, noise2noise, consensus -> table.
 demo: venv
-	$(BIN)/python -m consensus_jax.demo --workdir=$(OUT)/demo
+	$(BIN)/python demo.py --modality=ct
 
-bench: venv
+demo-mri: venv
+	$(BIN)/python demo.py --modality=mri
+
+# Loss-term ablation on the quick CT set, 3 training seeds per setting (long: ~1 h on 2 cores).
+ablation: venv
+	$(BIN)/python ablation.py --config=configs/ct_quick.py --grid=loss_terms --seeds=0,1,2 \
+		--root=work_dirs/ablation_ct --out=results/ablation_ct
+
+# Benchmarks need the bench extra (PyTorch CPU 2.13.0 and sigpy as references).
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run_all --out=bench/RESULTS.md

@@ -1,0 +1,100 @@
+"""`make bench`: every benchmark in one run, written to bench/RESULTS.md.
+
+    python -m bench.run_all --out=bench/RESULTS.md [--only=ssim,ct,...]
+
+Each section names the command that produced it; the header names the machine. The end-to-end
+section reports the stage timings that the last `make demo` recorded (results/ct_quick/
+timings.json) rather than rerunning the demo. A benchmark that cannot run here (a missing optional
+package) is reported as such, not silently skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import jax
+
+#: (key, title, module, argv) in the order they appear in RESULTS.md.
+BENCHES = (
+    ("train_step", "Consensus train step: JAX vs PyTorch", "bench.bench_train_step",
+     ["--sizes=quick,paper", "--repeats=3"]),
+    ("ct", "CT projector and FBP vs skimage / astra", "bench.bench_ct", ["--repeats=3"]),
+    ("sense", "CG-SENSE vs sigpy", "bench.bench_sense", ["--repeats=5", "--batch=4"]),
+    ("ssim", "SSIM vs skimage", "bench.bench_ssim", ["--size=512", "--batch=16"]),
+    ("input_pipeline", "Input pipeline overhead", "bench.bench_input_pipeline",
+     ["--config=configs/ct_quick.py"]),
+)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return (f"{cpu}, {os.cpu_count()} cores visible; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}, jax {jax.__version__} on "
+            f"{jax.default_backend()} ({devices})")
+
+
+def end_to_end(path: Path = Path("results/ct_quick/timings.json")) -> str:
+    if not path.exists():
+        return f"No {path}: run `make demo` first; its stage timings are reported here.\n"
+    record = json.loads(path.read_text())
+    lines = [f"Recorded by `make demo` on {record['date']} ({record['cpus']} cores):", "",
+             "| stage | command | wall (s) | peak memory (MB) |", "|---|---|---|---|"]
+    for s in record["stages"]:
+        lines.append(f"| {s['stage']} | `{s['command']}` | {s['wall_s']} | {s['peak_rss_mb']} |")
+    lines.append(f"| total | | {record['total_wall_s']} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/RESULTS.md")
+    parser.add_argument("--only", default="", help="comma-separated keys of BENCHES")
+    args = parser.parse_args(argv)
+    only = {k for k in args.only.split(",") if k}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    parts = [f"# Benchmark results\n\nWritten by `python -m bench.run_all` (`make bench`) on "
+             f"{time.strftime('%Y-%m-%d %H:%M')} at commit {commit}.\n\nMachine: {machine()}.\n\n"
+             "Timings are medians over repeats after a warm-up; competing implementations are "
+             "timed alternately in one process, because the cores may be shared.\n"]
+    for key, title, module, bench_argv in BENCHES:
+        if only and key not in only:
+            continue
+        print(f"== {title}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            table = importlib.import_module(module).main(bench_argv)
+        except Exception as err:  # noqa: BLE001 - a failed benchmark is reported, not fatal
+            traceback.print_exc()
+            table = f"Not run: {type(err).__name__}: {err}\n"
+        parts.append(f"## {title}\n\n`python -m {module} {' '.join(bench_argv)}` "
+                     f"({time.perf_counter() - t0:.0f} s)\n\n{table}\n")
+    if not only or "end_to_end" in only:
+        parts.append(f"## End to end: `make demo`\n\n{end_to_end()}\n")
+    out = Path(args.out)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, out)
+    print(f"Wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
