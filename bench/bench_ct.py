@@ -9,6 +9,7 @@ function is reported separately.
 
 Run: ``python -m bench.bench_ct --repeats 5 --out bench/RESULTS_ct.md``
 Quick check: ``python -m bench.bench_ct --size 128 --fbp-views 180 --fp-views 360 --repeats 2``
+Per-core FBP comparison on a busy machine: ``taskset -c 0 python -m bench.bench_ct --fbp-only``
 Dose calibration instead of timing: ``python -m bench.bench_ct --calibrate`` (quarter-dose FBP
 noise against full-dose FBP, in HU, for several full-dose I0 on water ellipse phantoms).
 """
@@ -71,7 +72,8 @@ def _phantom(size: int) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def bench_ours(size: int, fbp_views: int, fp_views: int, repeats: int) -> list[Timing]:
+def bench_ours(size: int, fbp_views: int, fp_views: int, repeats: int,
+               forward: bool = True) -> list[Timing]:
     from consensus_jax.ct.fbp import fbp
     from consensus_jax.ct.geometry import FanBeamGeometry, ImageGrid, ParallelBeamGeometry
     from consensus_jax.ct.projector import forward_project
@@ -85,10 +87,11 @@ def bench_ours(size: int, fbp_views: int, fp_views: int, repeats: int) -> list[T
     par_fp = ParallelBeamGeometry(grid, fp_views, size, grid.pixel_size_mm)
     par_fbp = ParallelBeamGeometry(grid, fbp_views, size, grid.pixel_size_mm)
     for name, fp_geom, fbp_geom in (("fan", fan_fp, fan_fbp), ("parallel", par_fp, par_fbp)):
-        first, runs = _time(lambda g=fp_geom: forward_project(image, g).block_until_ready(),
-                            repeats)
-        rows.append(_row("consensus_jax (JAX)", f"{name} forward projection", fp_views, first,
-                         runs, True))
+        if forward:
+            first, runs = _time(lambda g=fp_geom: forward_project(image, g).block_until_ready(),
+                                repeats)
+            rows.append(_row("consensus_jax (JAX)", f"{name} forward projection", fp_views,
+                             first, runs, True))
         sino = forward_project(image, fbp_geom).block_until_ready()
         first, runs = _time(lambda g=fbp_geom, s=sino: fbp(s, g).block_until_ready(), repeats)
         rows.append(_row("consensus_jax (JAX)", f"{name} FBP (Hann)", fbp_views, first, runs,
@@ -96,16 +99,19 @@ def bench_ours(size: int, fbp_views: int, fp_views: int, repeats: int) -> list[T
     return rows
 
 
-def bench_skimage(size: int, fbp_views: int, fp_views: int, repeats: int) -> list[Timing]:
+def bench_skimage(size: int, fbp_views: int, fp_views: int, repeats: int,
+                  forward: bool = True) -> list[Timing]:
     from skimage.transform import iradon, radon
 
     image = _phantom(size)
     theta_fp = np.arange(fp_views) * 180.0 / fp_views
     theta_fbp = np.arange(fbp_views) * 180.0 / fbp_views
     sino = radon(image, theta_fbp, circle=True)
-    first, runs = _time(lambda: radon(image, theta_fp, circle=True), repeats)
-    rows = [_row("scikit-image", "parallel forward projection (radon)", fp_views, first, runs,
-                 False)]
+    rows = []
+    if forward:
+        first, runs = _time(lambda: radon(image, theta_fp, circle=True), repeats)
+        rows.append(_row("scikit-image", "parallel forward projection (radon)", fp_views, first,
+                         runs, False))
     first, runs = _time(lambda: iradon(sino, theta_fbp, filter_name="hann", circle=True),
                         repeats)
     rows.append(_row("scikit-image", "parallel FBP (iradon, Hann)", fbp_views, first, runs,
@@ -113,7 +119,8 @@ def bench_skimage(size: int, fbp_views: int, fp_views: int, repeats: int) -> lis
     return rows
 
 
-def bench_astra(size: int, fbp_views: int, fp_views: int, repeats: int) -> list[Timing]:
+def bench_astra(size: int, fbp_views: int, fp_views: int, repeats: int,
+                forward: bool = True) -> list[Timing]:
     import astra
 
     image = _phantom(size)
@@ -123,13 +130,14 @@ def bench_astra(size: int, fbp_views: int, fp_views: int, repeats: int) -> list[
                                      np.arange(fp_views) * math.pi / fp_views)
     projector_fp = astra.create_projector("linear", proj_fp, vol)
 
-    def forward():
+    def forward_once():
         sino_id, _ = astra.create_sino(image, projector_fp)
         astra.data2d.delete(sino_id)
 
-    first, runs = _time(forward, repeats)
-    rows.append(_row("astra-toolbox (CPU)", "parallel forward projection (linear)", fp_views,
-                     first, runs, False))
+    if forward:
+        first, runs = _time(forward_once, repeats)
+        rows.append(_row("astra-toolbox (CPU)", "parallel forward projection (linear)",
+                         fp_views, first, runs, False))
     proj_fbp = astra.create_proj_geom("parallel", 1.0, size,
                                       np.arange(fbp_views) * math.pi / fbp_views)
     projector_fbp = astra.create_projector("linear", proj_fbp, vol)
@@ -223,6 +231,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--fp-views", type=int, default=2304)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "skimage", "astra"])
+    parser.add_argument("--fbp-only", action="store_true", help="skip the forward projections")
     parser.add_argument("--calibrate", action="store_true",
                         help="print the dose calibration table instead of timings")
     parser.add_argument("--out", default=None, help="Markdown file to append the table to")
@@ -236,13 +245,14 @@ def main(argv: list[str] | None = None) -> str:
         return table
     rows: list[Timing] = []
     notes = []
+    forward = not args.fbp_only
     if "ours" not in args.skip:
-        rows += bench_ours(args.size, args.fbp_views, args.fp_views, args.repeats)
+        rows += bench_ours(args.size, args.fbp_views, args.fp_views, args.repeats, forward)
     if "skimage" not in args.skip:
-        rows += bench_skimage(args.size, args.fbp_views, args.fp_views, args.repeats)
+        rows += bench_skimage(args.size, args.fbp_views, args.fp_views, args.repeats, forward)
     if "astra" not in args.skip:
         try:
-            rows += bench_astra(args.size, args.fbp_views, args.fp_views, args.repeats)
+            rows += bench_astra(args.size, args.fbp_views, args.fp_views, args.repeats, forward)
         except ImportError as err:
             notes.append(f"astra-toolbox not available ({err}); `pip install astra-toolbox`.")
     table = markdown_table(rows, args.size) + "".join(f"\n{n}\n" for n in notes)
