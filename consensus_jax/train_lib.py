@@ -27,6 +27,7 @@ import optax
 
 from consensus_jax import losses
 from consensus_jax.models import UNet, UNetConfig, apply_padded, init_params
+from consensus_jax.xla_options import default_compiler_options
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -187,6 +188,9 @@ def make_train_step(method: Method, optimizer: optax.GradientTransformation,
 
     ``rng`` is accepted for a uniform signature (the loss itself is deterministic). ``metrics``
     holds every loss term and the global gradient norm; nothing in the step syncs with the host.
+    Unless ``jit_kwargs`` names ``compiler_options``, the step is compiled with
+    ``xla_options.default_compiler_options()`` (on CPU: Eigen convolutions instead of YNNPACK,
+    about 1.3x faster at the paper size); pass ``compiler_options={}`` for XLA's defaults.
     """
 
     def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, dict]:
@@ -200,6 +204,7 @@ def make_train_step(method: Method, optimizer: optax.GradientTransformation,
 
     if not jit:
         return train_step
+    jit_kwargs.setdefault("compiler_options", default_compiler_options())
     return jax.jit(train_step, donate_argnums=(0,), **jit_kwargs)
 
 

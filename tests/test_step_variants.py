@@ -1,4 +1,5 @@
-"""Implementation variants of the UNet layers (UNetConfig.layer_impl) compute the same function.
+"""Implementation variants compute the same function: the UNet layers (UNetConfig.layer_impl) and
+the per-platform XLA compile options of the train step (consensus_jax.xla_options).
 
 References: flax's own ``ConvTranspose`` / ``max_pool`` (the ``"xla"`` variant) and explicit
 numpy loops over the definition of a 2x2 stride-2 transposed convolution and of 2x2 max-pooling.
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from consensus_jax import train_lib
+from consensus_jax import train_lib, xla_options
 from consensus_jax.models import (
     LAYER_IMPLS,
     UNet,
@@ -114,3 +115,31 @@ def test_bfloat16_variants_agree_to_bfloat16_precision():
             for impl in CONCRETE]
     assert outs[0].dtype == outs[1].dtype == jnp.float32
     np.testing.assert_allclose(outs[1], outs[0], atol=0.02 * float(jnp.max(jnp.abs(outs[0]))))
+
+
+def test_default_compiler_options_per_platform():
+    assert xla_options.default_compiler_options("gpu") == {}
+    assert xla_options.default_compiler_options("tpu") == {}
+    cpu = xla_options.default_compiler_options("cpu")
+    assert cpu in ({}, dict(xla_options.CPU_COMPILER_OPTIONS))
+    assert not xla_options._accepted((("xla_cpu_no_such_option", "1"),))
+
+
+def test_train_step_with_and_without_cpu_compiler_options():
+    method = train_lib.Method("consensus", MODEL, beta_w=1e-3, beta_r=0.5)
+    opt = train_lib.make_optimizer(1e-2)
+    rng = np.random.default_rng(5)
+    batch = {k: jnp.asarray(rng.normal(size=(2, 8, 8, 1)), jnp.float32)
+             for k in ("x1", "x2", "x_est")}
+    results = []
+    for options in (dict(xla_options.CPU_COMPILER_OPTIONS), {}):
+        state = train_lib.create_train_state(method, opt, jax.random.PRNGKey(0))
+        step = train_lib.make_train_step(method, opt, compiler_options=options)
+        for _ in range(2):
+            state, metrics = step(state, batch, None)
+        results.append((jax.tree_util.tree_leaves(state.params), metrics))
+    (p_opt, m_opt), (p_ref, m_ref) = results
+    for name in m_ref:
+        np.testing.assert_allclose(m_opt[name], m_ref[name], rtol=1e-5)
+    for a, b in zip(p_ref, p_opt, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
