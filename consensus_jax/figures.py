@@ -1,7 +1,7 @@
 """Figures in the style of the paper's Figs. 1-2: one test slice, every method side by side.
 
-Each panel shows the whole slice in the display window (CT: [-160, 240] HU; MRI: amplitude from 0
-to the reference's 99.5th percentile) with a zoomed inset of a fixed region drawn in its corner.
+Top row: the whole slice in the display window (CT: [-160, 240] HU; MRI: amplitude from 0 to the
+reference's 99.5th percentile) with the zoom region outlined; bottom row: that region enlarged.
 """
 
 from __future__ import annotations
@@ -53,30 +53,30 @@ def comparison_figure(path: Path, modality: str, panels: Mapping[str, np.ndarray
         ref = images.get("Fully sampled", first)
         vmin, vmax = 0.0, float(np.percentile(ref, 99.5))
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
-    for ax, (title, img) in zip(axes[0], images.items(), strict=True):
-        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.add_patch(Rectangle((c0, r0), size, size, fill=False, edgecolor="yellow", lw=0.8))
-        inset = ax.inset_axes([0.0, 0.0, 0.42, 0.42])
-        inset.imshow(img[r0:r0 + size, c0:c0 + size], cmap="gray", vmin=vmin, vmax=vmax,
-                     interpolation="nearest")
-        inset.set_xticks([])
-        inset.set_yticks([])
-        for spine in inset.spines.values():
-            spine.set_edgecolor("yellow")
-        ax.set_title(title, fontsize=9)
+    fig, axes = plt.subplots(2, n, figsize=(2.4 * n, 5.3), squeeze=False,
+                             gridspec_kw={"hspace": 0.08, "wspace": 0.04})
+    for col, (title, img) in enumerate(images.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        top.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        top.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), size, size, fill=False,
+                                edgecolor="yellow", lw=0.8))
+        bottom.imshow(img[r0:r0 + size, c0:c0 + size], cmap="gray", vmin=vmin, vmax=vmax,
+                      interpolation="nearest")
+        top.set_title(title, fontsize=9)
         if per_panel_text and title in per_panel_text:
-            ax.set_xlabel(per_panel_text[title], fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    window = (f"display window [{vmin:.0f}, {vmax:.0f}] HU" if modality == "ct"
-              else "amplitude images")
-    fig.suptitle(window, fontsize=8, y=0.02, va="bottom")
-    fig.tight_layout()
+            bottom.set_xlabel(per_panel_text[title], fontsize=7)
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for spine in bottom.spines.values():
+            spine.set_edgecolor("yellow")
+    window = (f"Display window [{vmin:.0f}, {vmax:.0f}] HU; bottom row: the yellow box enlarged."
+              if modality == "ct" else "Amplitude images; bottom row: the yellow box enlarged.")
+    fig.suptitle(window, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=130)
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
     return path
