@@ -37,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.out_channels = 1
     config.model.residual = True
     config.model.dtype = "float32"
-    config.model.param_layout = "separate"
+    config.model.param_layout = "separate"  # or "stacked" (vmap; ~9x slower on XLA CPU)
+    config.model.layer_impl = "auto"  # up-conv/pooling: "reshape" on CPU, XLA's layers on GPU
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "consensus"  # noise2clean | noise2noise | consensus
