@@ -35,7 +35,8 @@ def main(argv):
         jax.distributed.initialize()
     from consensus_jax import experiment
 
-    experiment.fit(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)
+    experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                  allow_config_change=_ALLOW.value)
 
 
 if __name__ == "__main__":

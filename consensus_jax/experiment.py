@@ -241,6 +241,43 @@ def fit(config: Any, workdir: str | Path, allow_config_change: bool = False
     return state, method
 
 
+def evaluate_on_test(config: Any, method: train_lib.Method, params: Any, workdir: Path,
+                     step: int) -> dict[str, float]:
+    """Mean test metrics of the trained run against the first reference (eval_summary.json).
+
+    The full comparison with the baselines is evaluate.py's job; this is the quick check that
+    closes a training run.
+    """
+    from consensus_jax import evaluation
+
+    images = input_pipeline.load_split(config.data, config.data.test_split, config.modality)
+    outputs = evaluation.predict(method, params, images, config.eval.batch_size)
+    summary: dict[str, Any] = {"step": step}
+    first_ref = evaluation.REFERENCES[config.modality][0][1]
+    for result in evaluation.score(config.modality, outputs, images):
+        if result.reference == first_ref:
+            for metric, values in result.values.items():
+                summary[f"{result.method} {metric}"] = float(np.mean(values))
+    path = workdir / "eval_summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, path)
+    print(f"{workdir}: test split vs {first_ref} at step {step}: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in summary.items() if k != "step"))
+    return summary
+
+
+def train_and_evaluate(config: Any, workdir: str | Path, allow_config_change: bool = False
+                       ) -> tuple[train_lib.TrainState, dict[str, float]]:
+    """Trains (or resumes) the run, then scores it on the test split."""
+    state, method = fit(config, workdir, allow_config_change)
+    if jax.process_index() != 0:
+        return state, {}
+    params = jax.device_get(state.params)
+    summary = evaluate_on_test(config, method, params, Path(workdir), int(state.step))
+    return state, summary
+
+
 def _globalise(local: dict[str, jax.Array], sharding: NamedSharding, nproc: int
                ) -> dict[str, jax.Array]:
     if nproc == 1:

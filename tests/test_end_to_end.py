@@ -47,3 +47,5 @@ def test_evaluate_writes_table_csv_json_and_figure(runs, tmp_path):
     for kind in kinds:
         assert any((root / kind / "tensorboard").iterdir())
         assert (root / kind / "config.json").exists()
+        summary = json.loads((root / kind / "eval_summary.json").read_text())
+        assert summary["step"] == 4 and len(summary) >= 3
