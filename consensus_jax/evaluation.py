@@ -193,12 +193,13 @@ def load_run(workdir: str | Path) -> tuple[train_lib.Method, Any, int, Any]:
     return method, params, step, config
 
 
-def load_extra_baselines(data_cfg: Any, split: str, images: Mapping[str, np.ndarray]
-                         ) -> dict[str, np.ndarray]:
+def load_extra_baselines(data_cfg: Any, split: str, images: Mapping[str, np.ndarray],
+                         note_missing: bool = True) -> dict[str, np.ndarray]:
     """Baselines computed from raw data at preparation time (CT: TV), aligned to ``images``.
 
     They live in ``<dataset>/baselines_<split>.npz`` (arrays named by table column, plus
     ``patient_id`` and ``slice_index``), written by data_prep because they need the sinograms.
+    ``note_missing``: print how to create a missing file (MRI has no such baselines: off).
     """
     if data_cfg.name == "synthetic":
         return {}
@@ -206,6 +207,8 @@ def load_extra_baselines(data_cfg: Any, split: str, images: Mapping[str, np.ndar
 
     path = input_pipeline.dataset_dir(data_cfg) / f"baselines_{split}.npz"
     if not path.exists():
+        if not note_missing:
+            return {}
         print(f"Note: {path} not found; baselines that need raw data (TV) are left out. "
               f"Create them with `python -m data_prep.{data_cfg.name.split('_')[0]} "
               f"--config={data_cfg.config} --baselines`.")
@@ -254,7 +257,8 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path, config: Any | 
     for name in METHOD_ORDER[modality][:2]:
         if BASELINE_FEATURE.get(name) in images:
             outputs[name] = images[BASELINE_FEATURE[name]]
-    outputs.update(load_extra_baselines(config.data, config.data.test_split, images))
+    outputs.update(load_extra_baselines(config.data, config.data.test_split, images,
+                                        note_missing=modality == "ct"))
     steps = {}
     for d, (method, params, step, _) in zip(run_dirs, runs, strict=True):
         for column in learned_columns(method.kind):
