@@ -50,9 +50,10 @@ def make_config(name: str, new_name: str | None, overrides: list[str]):
     if not new_name or new_name in PRESETS:
         raise SystemExit("Changing a preset with --set needs a new --name (not one of "
                          f"{sorted(PRESETS)}), so datasets with different settings never mix.")
-    fields = {f.name for f in dataclasses.fields(MriConfig)
-              if f.name not in {"name", "version", "release_notes", "supported_versions",
-                                "description", "tags"}}
+    import tensorflow_datasets as tfds
+
+    fields = ({f.name for f in dataclasses.fields(MriConfig)}
+              - {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)})
     values = {}
     for item in overrides:
         key, sep, value = item.partition("=")

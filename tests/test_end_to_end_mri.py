@@ -44,6 +44,7 @@ def test_evaluate_writes_the_mri_table_and_figure(runs, tmp_path):
                       "| Proposed | Noise2clean |")
     assert "RMSE (10^-3) vs fully sampled" in table and "SSIM vs noiseless" in table
     assert "mri_consensus/tiny: 3 slices" in stdout
+    assert "Note:" not in stdout  # no raw-data baselines (CT's TV) are expected for MRI
     results = json.loads((out / "results.json").read_text())
     summary = {(r["method"], r["reference"], r["metric"]): r for r in results["summary"]}
     # The baselines are the stored images: SENSE beats zero-filling on the knees.

@@ -180,7 +180,7 @@ class PatientSource:
     patient_id: int
     split: str
     slice_indices: tuple[int, ...]
-    location: str  # phantom seed, or fastMRI file
+    location: str  # phantom seed, "mni152" (the template) or the fastMRI file
 
 
 def _require_nilearn() -> None:
