@@ -56,3 +56,6 @@ def test_evaluate_writes_the_mri_table_and_figure(runs, tmp_path):
         assert (root / kind / "config.json").exists()
         stored = json.loads((root / kind / "config.json").read_text())
         assert stored["modality"] == "mri" and stored["loss.noise2clean_input"] == "x_zf"
+        summary = json.loads((root / kind / "eval_summary.json").read_text())
+        assert summary["step"] == 3
+    assert "Proposed rmse_1e3" in json.loads((root / "consensus" / "eval_summary.json").read_text())
