@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.out_channels = 2
     config.model.residual = True
     config.model.dtype = "float32"
+    config.model.layer_impl = "auto"  # up-conv/pooling: "reshape" on CPU, XLA's layers on GPU
     config.model.param_layout = "separate"
 
     config.loss = ml_collections.ConfigDict()
