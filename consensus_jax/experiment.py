@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 from consensus_jax import input_pipeline, patches, train_lib
 
 #: Config keys that do not change the trained parameters; a workdir may be resumed with others.
+#: (model.layer_impl only picks how the same layers are computed.)
 RUNTIME_KEYS = frozenset({
+    "model.layer_impl",
     "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.debug_exit_at_step", "train.tensorboard", "train.progress", "data.data_dir",
     "eval.batch_size",
