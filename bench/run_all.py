@@ -31,7 +31,7 @@ BENCHES = (
     ("sense", "CG-SENSE vs sigpy", "bench.bench_sense", ["--repeats=5", "--batch=4"]),
     ("ssim", "SSIM vs skimage", "bench.bench_ssim", ["--size=512", "--batch=16"]),
     ("input_pipeline", "Input pipeline overhead", "bench.bench_input_pipeline",
-     ["--config=configs/ct_quick.py"]),
+     ["--config=configs/ct_quick.py", "--steps=30", "--repeats=5"]),
 )
 
 
