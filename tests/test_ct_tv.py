@@ -122,7 +122,7 @@ def test_lambda_to_zero_reaches_least_squares(method, weighted):
     clean = forward_project(mu, geometry)
     noise = 0.005 * jax.random.normal(jax.random.key(1), clean.shape)
     p = clean + noise
-    weights = (jax.random.uniform(jax.random.key(2), clean.shape, minval=0.3, maxval=3.0)
+    weights = (jax.random.uniform(jax.random.key(2), (1,) + clean.shape, minval=0.3, maxval=3.0)
                if weighted else None)
     w = np.ones(clean.size) if weights is None else np.asarray(weights, np.float64).ravel()
     # Independent reference: the explicit system matrix and the weighted normal equations in
@@ -134,6 +134,15 @@ def test_lambda_to_zero_reaches_least_squares(method, weighted):
     norm = projector_norm(geometry)
     assert float(norm) == pytest.approx(np.sqrt(np.linalg.eigvalsh(matrix.T @ matrix)[-1]),
                                         rel=1e-3)
+    if method == "ramp":
+        # ||R^1/2 A|| against the explicit circulant R (one block per view) and the matrix.
+        response = ramp_filter_response(46).astype(np.float64)
+        eigenvalues = np.concatenate([response, response[1:23][::-1]])
+        circulant = np.real(np.fft.ifft(eigenvalues[:, None] * np.fft.fft(np.eye(46), axis=0),
+                                        axis=0))
+        filtered = matrix.T @ np.kron(np.eye(60), circulant) @ matrix
+        assert float(projector_norm(geometry, filtered=True)) == pytest.approx(
+            np.sqrt(np.linalg.eigvalsh(filtered)[-1]), rel=1e-3)
     # The ramp method computes its weighted norm itself; unweighted, pass ||R^1/2 A||. Its
     # default dual step suits TV-dominated problems; near plain least squares a small one
     # converges faster (1000 iterations: 0.05% vs 1.5% from the solution with the default).
