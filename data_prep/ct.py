@@ -184,31 +184,74 @@ def tv_baselines(builder, manual_dir: Path | None, num_iterations: int) -> Path:
     return path
 
 
-def calibrate(config, photons: list[float], num_patients: int) -> None:
-    """Low-dose FBP RMSE against full-dose FBP (whole image, HU) for each I0, measured on the
-    slices the preset's first training patients contribute (phantom source)."""
-    import jax
+PAPER_FBP_RMSE_HU = 27.6
+"""The paper's quarter-dose FBP row (Table 1): RMSE against the full-dose FBP, HU."""
+
+
+def _interpolate_photons(photons, rmse, target: float) -> float:
+    """I0 giving ``target`` RMSE: log-log linear between the two sweep points that bracket it
+    (photon starvation makes the curve steeper than I0^-1/2 at low I0); outside the sweep,
+    extrapolated from the nearest point with the ideal variance ~ 1/I0 law."""
     import numpy as np
 
+    order = np.argsort(photons)
+    photons, rmse = photons[order], rmse[order]
+    for i in range(len(photons) - 1):
+        if rmse[i] >= target >= rmse[i + 1]:
+            slope = np.log(rmse[i + 1] / rmse[i]) / np.log(photons[i + 1] / photons[i])
+            return float(photons[i] * np.exp(np.log(target / rmse[i]) / slope))
+    nearest = int(np.argmin(np.abs(np.log(rmse / target))))
+    return float(photons[nearest] * (rmse[nearest] / target) ** 2)
+
+
+def calibrate(config, photons: list[float], slices_per_patient: int | None = None) -> dict:
+    """Quarter-dose FBP RMSE against full-dose FBP (whole image, HU) for each full-dose I0, on
+    every virtual patient of the preset (train and test), and the I0 that gives the paper's
+    27.6 HU. Prints a table and returns the figures."""
+    import numpy as np
+    from tqdm import tqdm
+
     from consensus_jax.ct import simulate
-    from data_prep.ct_consensus.ct_consensus_dataset_builder import list_patients, load_slices
+    from data_prep.ct_consensus.ct_consensus_dataset_builder import (
+        list_patients,
+        load_slices,
+        slice_key,
+    )
 
     if config.source != "phantom":
         raise SystemExit("--calibrate uses the built-in virtual patients (source=phantom).")
     geometry = config.scan_geometry()
-    patients = [p for p in list_patients(config, None) if p.split == "train"][:num_patients]
-    hu = np.concatenate([load_slices(config, p) for p in patients])
     mask = np.ones(geometry.image.shape, bool)
-    print(f"Calibration on {hu.shape[0]} training slices of {len(patients)} virtual patients, "
-          f"{config.size_px} px, {config.geometry} beam, {config.num_views} views, dose fraction "
-          f"{config.dose_fraction} (paper's FBP row: 27.6 HU):")
-    print("| photons per ray (full dose) | low-dose FBP RMSE vs full-dose FBP (HU) |")
-    print("|---|---|")
-    for i0 in photons:
-        values = [simulate.low_dose_noise_hu(hu[i:i + 4], geometry, i0, jax.random.PRNGKey(i),
-                                             config.dose_fraction, mask=mask)
-                  for i in range(0, hu.shape[0], 4)]
-        print(f"| {i0:.3g} | {float(np.sqrt(np.mean(np.square(values)))):.1f} |")
+    patients = list_patients(config, None)
+    squared = {"train": [], "test": []}
+    for patient in tqdm(patients, desc="calibration", unit="patient"):
+        hu = load_slices(config, patient)
+        indices = patient.slice_indices
+        if slices_per_patient is not None:
+            hu, indices = hu[:slices_per_patient], indices[:slices_per_patient]
+        for image, index in zip(hu, indices, strict=True):
+            key = slice_key(config, patient.patient_id, index)
+            squared[patient.split].append(simulate.low_dose_noise_sweep(
+                image, geometry, photons, key, config.dose_fraction,
+                config.electronic_noise_counts, mask)[:, 0])
+    rmse = {split: np.sqrt(np.mean(np.stack(v, axis=1), axis=1)) for split, v in squared.items()}
+    rmse["all"] = np.sqrt(np.mean(np.stack(squared["train"] + squared["test"], axis=1), axis=1))
+    suggested = _interpolate_photons(np.asarray(photons, np.float64), rmse["all"],
+                                     PAPER_FBP_RMSE_HU)
+    print(f"Calibration on {len(squared['train'])} training and {len(squared['test'])} test "
+          f"slices of {len(patients)} virtual patients, {config.size_px} px, {config.geometry} "
+          f"beam, {config.num_views} views, dose fraction {config.dose_fraction} (paper's FBP row: "
+          f"{PAPER_FBP_RMSE_HU} HU):")
+    print("| photons per ray (full dose) | low-dose FBP RMSE vs full-dose FBP, all slices (HU) "
+          "| train slices | test slices |")
+    print("|---|---|---|---|")
+    for i, i0 in enumerate(photons):
+        print(f"| {i0:.3g} | {rmse['all'][i]:.1f} | {rmse['train'][i]:.1f} | "
+              f"{rmse['test'][i]:.1f} |")
+    print(f"I0 for {PAPER_FBP_RMSE_HU} HU over all slices: {suggested:.3g} photons per ray "
+          f"(preset now: {config.photons_per_ray:.3g}).")
+    return {"photons": list(photons), "rmse_hu": {k: v.tolist() for k, v in rmse.items()},
+            "suggested_photons": float(suggested)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,10 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="only print quarter-dose FBP noise for a sweep of photons per ray")
     parser.add_argument("--photons", type=float, nargs="+",
                         default=[1e4, 2e4, 3e4, 5e4, 1e5, 2e5])
+    parser.add_argument("--calibration_slices", type=int, default=None,
+                        help="calibrate on the first N chosen slices of each patient "
+                             "(default: all of them)")
     args = parser.parse_args(argv)
     config = make_config(args.config, args.name, args.overrides)
     if args.calibrate:
-        calibrate(config, args.photons, num_patients=2)
+        calibrate(config, args.photons, args.calibration_slices)
         return 0
     if args.manual_dir is not None and not args.manual_dir.is_dir():
         raise SystemExit(f"--manual_dir {args.manual_dir} is not a folder.")

@@ -81,3 +81,18 @@ def test_overrides_need_a_new_name():
     assert cfg.photons_per_ray == 1e3 and cfg.name == "tiny_lowdose"
     with pytest.raises(SystemExit, match="key=value"):
         prep.make_config("tiny", "x", ["photons=1"])
+
+
+def test_calibration_interpolates_the_paper_fbp_noise(capsys):
+    """The sweep's RMSE falls roughly like I0^-1/2, and the suggested I0 gives the paper's
+    27.6 HU when measured directly on the same slices (another noise draw)."""
+    config = prep.make_config("tiny", None, [])
+    photons = [1e4, 4e4]
+    result = prep.calibrate(config, photons, slices_per_patient=1)
+    rmse = np.asarray(result["rmse_hu"]["all"])
+    assert rmse[0] / rmse[1] == pytest.approx(2.0, rel=0.1)  # photon starvation adds a little
+    assert rmse[0] > prep.PAPER_FBP_RMSE_HU > rmse[1]  # bracketed: log-log interpolation
+    again = prep.calibrate(config, [result["suggested_photons"]], slices_per_patient=1)
+    assert again["rmse_hu"]["all"][0] == pytest.approx(prep.PAPER_FBP_RMSE_HU, rel=0.03)
+    out = capsys.readouterr().out
+    assert "| train slices | test slices |" in out and "I0 for 27.6 HU" in out
