@@ -57,6 +57,10 @@ def test_virtual_patient_stacks_the_slices():
     np.testing.assert_array_equal(vol, vol2)
     assert [m.slice_index for m in metas] == [0, 1, 2]
     assert [m.z_mm for m in metas] == [0.0, 3.0, 6.0]
+    picked = phantom.virtual_patient(7, 3, 64, P64, slice_indices=[2, 0])
+    np.testing.assert_array_equal(picked, vol[[2, 0]])
+    with pytest.raises(ValueError, match="slice_indices"):
+        phantom.virtual_patient(7, 3, 64, P64, slice_indices=[3])
 
 
 def test_air_outside_body_is_exactly_minus_1000(slices_256):

@@ -1233,18 +1233,23 @@ def virtual_patient(patient_seed: int, num_slices: int, size_px: int, pixel_size
                     lesion_contrast_hu: tuple[float, float] = (-40.0, -10.0),
                     lesion_diameter_mm: tuple[float, float] = (2.0, 10.0),
                     return_meta: bool = False,
+                    slice_indices: Sequence[int] | None = None,
                     ) -> np.ndarray | tuple[np.ndarray, list[SliceMeta]]:
     """Slices 0..num_slices-1 of one virtual patient: [S, size_px, size_px] float32 in HU.
 
     Identical to stacking ``abdomen_slice(patient_seed, i, ...)``; the patient is built once.
+    ``slice_indices`` (each in 0..num_slices-1) renders only those slices, in that order.
     """
     _check_args(patient_seed, size_px, pixel_size_mm, slice_spacing_mm, lesion_contrast_hu,
                 lesion_diameter_mm)
     if num_slices < 1:
         raise ValueError(f"num_slices={num_slices} must be at least 1.")
     anat = _make_anatomy(patient_seed, lesion_contrast_hu, lesion_diameter_mm)
+    indices = range(num_slices) if slice_indices is None else [int(i) for i in slice_indices]
+    if any(not 0 <= i < num_slices for i in indices):
+        raise ValueError(f"slice_indices {list(indices)} must lie in 0..{num_slices - 1}.")
     images, metas = [], []
-    for i in range(num_slices):
+    for i in indices:
         z_mm = i * slice_spacing_mm
         image, labels = _render(anat, z_mm, size_px, pixel_size_mm, return_meta)
         images.append(image)

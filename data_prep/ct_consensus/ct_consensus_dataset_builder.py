@@ -208,9 +208,9 @@ def load_slices(config: CtConfig, source: PatientSource) -> np.ndarray:
     grid_mm = config.grid_pixel_size_mm
     if config.source == "phantom":
         seed = int(source.location)
-        stack = phantom.virtual_patient(seed, max(source.slice_indices) + 1, config.size_px,
-                                        grid_mm)
-        return np.asarray(stack)[list(source.slice_indices)]
+        return np.asarray(phantom.virtual_patient(seed, max(source.slice_indices) + 1,
+                                                  config.size_px, grid_mm,
+                                                  slice_indices=source.slice_indices))
     volume = _read_volume(config, Path(source.location))
     hu = volume.hu[list(source.slice_indices)]
     return ct_io.resample_to_grid(hu, volume.pixel_size_mm, config.size_px, grid_mm)
