@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep import check_reused_dataset
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -69,6 +71,7 @@ def build(config, data_dir: Path, manual_dir: Path | None):
     import_tensorflow()
     builder = Builder(config=config, data_dir=str(data_dir))
     if builder.is_prepared():
+        check_reused_dataset(builder.data_dir, config.metadata())
         print(f"Reusing the finished dataset in {builder.data_dir}.")
     else:
         t0 = time.time()

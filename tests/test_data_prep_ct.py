@@ -96,3 +96,16 @@ def test_calibration_interpolates_the_paper_fbp_noise(capsys):
     assert again["rmse_hu"]["all"][0] == pytest.approx(prep.PAPER_FBP_RMSE_HU, rel=0.03)
     out = capsys.readouterr().out
     assert "| train slices | test slices |" in out and "I0 for 27.6 HU" in out
+
+
+def test_reuse_refuses_a_dataset_built_with_other_settings(tiny_ct_data_dir):
+    """A finished dataset whose stored settings differ from the preset (e.g. a recalibrated I0)
+    is not reused silently."""
+    from data_prep import check_reused_dataset
+
+    config = prep.make_config("tiny", None, [])
+    folder = tiny_ct_data_dir / "ct_consensus" / "tiny" / "1.0.0"
+    check_reused_dataset(folder, config.metadata())  # what the builder wrote: accepted
+    changed = prep.make_config("tiny", "tiny_i0", ["photons_per_ray=1e4"])
+    with pytest.raises(SystemExit, match=r"photons_per_ray_full_dose: stored 13000.0, now 10000.0"):
+        check_reused_dataset(folder, changed.metadata())

@@ -30,10 +30,12 @@ from consensus_jax.ct import geometry as ct_geometry
 from consensus_jax.ct import io as ct_io
 from consensus_jax.ct import phantom
 
-#: Full-dose photons per ray of each preset, from the calibration `python -m data_prep.ct
-#: --calibrate --config=<name>`: quarter-dose FBP vs full-dose FBP RMSE of about 27.6 HU over the
-#: image, the paper's FBP row (bench/RESULTS.md lists the sweep).
-CALIBRATED_PHOTONS = {"tiny": 2.0e4, "quick": 3.0e4, "paper": 1.0e5}
+#: Full-dose photons per ray of each preset, from `python -m data_prep.ct --calibrate
+#: --config=<name>` (every virtual patient): quarter-dose FBP vs full-dose FBP RMSE of about
+#: 27.6 HU over the image, the paper's FBP row. Measured 2026-11-25 (2-core CPU):
+#: tiny 1.3e4 (suggested 1.31e4; 1.25e4 -> 28.4 HU all / 25.9 test slices),
+#: quick 2.5e4 (suggested 2.57e4; 2.5e4 -> 28.0 HU all / 25.7 test slices).
+CALIBRATED_PHOTONS = {"tiny": 1.3e4, "quick": 2.5e4, "paper": 1.0e5}
 
 
 @dataclasses.dataclass(eq=False)
