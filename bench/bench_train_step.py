@@ -278,7 +278,10 @@ def main(argv: list[str] | None = None) -> str:
                         help="comma list of JAX variants: " + "; ".join(
                             f"{k} = {v}" for k, v in VARIANT_DOC.items()))
     parser.add_argument("--no_stacked", action="store_true",
-                        help="skip the stacked+vmap vs separate comparison at the quick size")
+                        help="skip the stacked+vmap vs separate comparison")
+    parser.add_argument("--stacked_sizes", default="quick",
+                        help="sizes with the stacked+vmap vs separate comparison (paper: ~100 s "
+                             "per stacked step on 2 CPU cores)")
     parser.add_argument("--no_torch", action="store_true", help="time JAX only")
     parser.add_argument("--peak_gflops", type=float, default=0.0,
                         help="float32 peak to report against instead of the measured GEMM")
@@ -334,7 +337,8 @@ def main(argv: list[str] | None = None) -> str:
         size = SIZES[name]
         for dtype in dtypes:
             rows = bench_size(size, args.repeats, variants,
-                              stacked=(name == "quick" and not args.no_stacked
+                              stacked=(name in args.stacked_sizes.split(",")
+                                       and not args.no_stacked
                                        and dtype == dtypes[0]),
                               peak=peaks[dtype], torch_ok=torch_ok and dtype == "float32",
                               dtypes=[dtype])
