@@ -5,7 +5,8 @@ patients x 8 slices), base 16 features (depth 4 as in the paper), 64 x 64 patche
 1,000 steps (about 6 epochs) and Adam at 1e-3 instead of the paper's 1e-4 (NOTES.md: 1e-4 is far too
 slow for a few hundred steps). beta_w = 1e-6 and beta_r = 5 as in the paper.
 
-Run (about 20 minutes on 2 shared CPU cores: data 25 s, noise2clean 5.3 min, noise2noise 5.3 min,
+Run (make demo-mri does all of it: 7.5 min on 2 idle CPU cores with the data built, 2026-11-25;
+about 20 min when the cores were shared: data 25 s, noise2clean 5.3 min, noise2noise 5.3 min,
 consensus 8.7 min, evaluation 20 s):
   python -m data_prep.mri --config=quick
   python train.py --config=configs/mri_quick.py --workdir=work_dirs/mri_quick/noise2clean \
