@@ -31,4 +31,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from consensus_jax.hugepages import restart_with_huge_pages
+
+    restart_with_huge_pages()  # XLA CPU buffers on huge pages (see that module)
     app.run(main)
