@@ -206,10 +206,18 @@ def torch_gemm_peak_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def time_alternating(runners: dict[str, Callable[[int], None]], steps: int, repeats: int
                      ) -> dict[str, list[float]]:
-    """Seconds per step of each runner over ``repeats`` rounds, runners alternating per round."""
+    """Seconds per step of each runner over ``repeats`` rounds, runners alternating per round.
+
+    Every timed block is preceded by one untimed step of the same runner, so that each block
+    measures the steady state of consecutive steps, as in training. Without it the first step
+    after the other implementation's block pays for memory the other one released and for its
+    spinning threads: at the paper size the first JAX step after PyTorch's took 4.3-4.6 s against
+    2.7-2.8 s for the next ones (bench/PERF_LOG.md, 2026-11-25 07:20).
+    """
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):
         for name, run in runners.items():
+            run(1)  # untimed: see the docstring
             t = time.perf_counter()
             run(steps)
             times[name].append((time.perf_counter() - t) / steps)

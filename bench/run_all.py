@@ -11,14 +11,13 @@ package) is reported as such, not silently skipped.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import jax
@@ -27,6 +26,8 @@ import jax
 BENCHES = (
     ("train_step", "Consensus train step: JAX vs PyTorch", "bench.bench_train_step",
      ["--sizes=quick,paper", "--repeats=3"]),
+    ("conv_layers", "Where the step's time goes: 3x3 convolutions, JAX vs PyTorch",
+     "bench.bench_conv_layers", ["--sizes=quick,paper", "--repeats=5"]),
     ("ct", "CT projector and FBP vs skimage / astra", "bench.bench_ct", ["--repeats=3"]),
     ("sense", "CG-SENSE vs sigpy", "bench.bench_sense", ["--repeats=5", "--batch=4"]),
     ("ssim", "SSIM vs skimage", "bench.bench_ssim", ["--size=512", "--batch=16"]),
@@ -62,6 +63,28 @@ def end_to_end(path: Path = Path("results/ct_quick/timings.json")) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_isolated(module: str, argv: list[str]) -> str:
+    """Runs ``python -m module argv --out=<temporary file>`` in a fresh process and returns the
+    table it wrote there, or a "Not run" line with the end of its stderr.
+
+    A fresh process per benchmark, as a user running the one command gets: in one shared process
+    the allocator state left by the train-step benchmark made the per-layer weight-gradient
+    timings of the next one vary by up to 2.5x (bench/PERF_LOG.md, 2026-11-25 07:25).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "table.md"
+        proc = subprocess.Popen([sys.executable, "-m", module, *argv, f"--out={out}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        tail: list[str] = []
+        for line in proc.stderr:  # progress goes on to the console as it comes
+            sys.stderr.write(line)
+            tail = (tail + [line.rstrip()])[-5:]
+        if proc.wait() != 0 or not out.exists():
+            return (f"Not run: `python -m {module}` exited with {proc.returncode}; the end of its "
+                    "stderr:\n\n```\n" + "\n".join(tail) + "\n```\n")
+        return out.read_text()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/RESULTS.md")
@@ -79,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {title}", flush=True)
         t0 = time.perf_counter()
-        try:
-            table = importlib.import_module(module).main(bench_argv)
-        except Exception as err:  # noqa: BLE001 - a failed benchmark is reported, not fatal
-            traceback.print_exc()
-            table = f"Not run: {type(err).__name__}: {err}\n"
+        table = run_isolated(module, bench_argv)
         parts.append(f"## {title}\n\n`python -m {module} {' '.join(bench_argv)}` "
                      f"({time.perf_counter() - t0:.0f} s)\n\n{table}\n")
     if not only or "end_to_end" in only:
