@@ -63,13 +63,23 @@ def end_to_end(path: Path = Path("results/ct_quick/timings.json")) -> str:
     return "\n".join(lines) + "\n"
 
 
+def attempts_log(path: Path = Path("bench/PERF_LOG.md")) -> str:
+    """The performance log (every attempt at the train step, including those that did not help),
+    copied in under one more heading level so that RESULTS.md holds the whole record."""
+    if not path.exists():
+        return f"## Performance attempts\n\nNo {path}.\n"
+    text = "\n".join("#" + line if line.startswith("#") else line
+                     for line in path.read_text().splitlines())
+    return f"## Performance attempts (copied from `{path}`)\n\n{text}\n"
+
+
 def run_isolated(module: str, argv: list[str]) -> str:
     """Runs ``python -m module argv --out=<temporary file>`` in a fresh process and returns the
     table it wrote there, or a "Not run" line with the end of its stderr.
 
     A fresh process per benchmark, as a user running the one command gets: in one shared process
     the allocator state left by the train-step benchmark made the per-layer weight-gradient
-    timings of the next one vary by up to 2.5x (bench/PERF_LOG.md, 2026-11-25 07:25).
+    timings of the next one vary by up to 2.6x (bench/PERF_LOG.md, 2026-11-25 07:17).
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "table.md"
@@ -107,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"({time.perf_counter() - t0:.0f} s)\n\n{table}\n")
     if not only or "end_to_end" in only:
         parts.append(f"## End to end: `make demo`\n\n{end_to_end()}\n")
+    if not only:
+        parts.append(attempts_log())
     out = Path(args.out)
     tmp = out.with_suffix(".tmp")
     tmp.write_text("\n".join(parts))

@@ -4,8 +4,8 @@ Deltas from ct_paper.py: base 16, depth 3, 64 x 64 patches, batch 16, and Adam a
 the paper's 1e-4 (NOTES.md: 1e-4 is far too slow for a few hundred steps).
 
 Run: make demo (prepares the data, trains noise2clean / noise2noise / consensus, evaluates;
-4 min 49 s on 2 idle CPU cores on 2026-11-25: data + TV baselines 135 s, training 39 / 39 / 61 s,
-evaluation 10 s; results/ct_quick/timings.json).
+4 min 0 s on 2 idle CPU cores on 2026-11-25: data + TV baselines 115 s, training 32 / 33 / 51 s,
+evaluation 9 s; results/ct_quick/timings.json).
 
 What it reaches (16 test slices of 2 virtual patients, training seed 0, mean +- std over slices;
 RMSE in HU / SSIM in the liver window, x 100), against the full-dose FBP (the paper's protocol):
