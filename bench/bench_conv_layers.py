@@ -7,7 +7,9 @@ networks: the convolution time of one consensus step. The whole step of both imp
 timed in the same run, so the step splits into "3x3 convolutions" and "everything else" (pooling,
 up-convolution GEMMs, concatenation, bias/ReLU, loss, Adam) for each implementation. The split is
 an estimate: inside a step XLA runs independent work of the two networks side by side, so its
-convolutions can cost less than the sum of the same calls timed one at a time.
+convolutions can cost less than the sum of the same calls timed one at a time; and a standalone
+call allocates its output afresh, so the weight gradients at 64 px vary by up to 2x between runs
+(whole steps vary less).
 
 Run (needs ``pip install torch==2.13.0``, the CPU wheel; about 4 minutes on 2 cores):
 
