@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test lint demo demo-mri bench ablation
+.PHONY: venv test lint demo demo-mri bench ablation ablation-mri
 
 # Idempotent: (re)installs only when the venv is missing or setup.cfg/pyproject.toml changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -33,6 +33,11 @@ demo-mri: venv
 ablation: venv
 	$(BIN)/python ablation.py --config=configs/ct_quick.py --grid=loss_terms --seeds=0,1,2 \
 		--root=work_dirs/ablation_ct --out=results/ablation_ct
+
+# The MRI quick methods (noise2clean, noise2noise, consensus) over 3 training seeds.
+ablation-mri: venv
+	$(BIN)/python ablation.py --config=configs/mri_quick.py --grid=methods --seeds=0,1,2 \
+		--root=work_dirs/mri_methods --out=results/mri_methods
 
 # Benchmarks need the bench extra (PyTorch CPU 2.13.0 and sigpy as references).
 $(BENCH_STAMP): $(STAMP)

@@ -22,6 +22,12 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
             "consensus Ln+Lr": {"loss.beta_w": 0.0},
             "consensus Ln+Lw+Lr": {},
         },
+        # The three trained methods of Tables 1-2 as the config defines them, for seed statistics.
+        "methods": {
+            "noise2clean": {"loss.kind": "noise2clean", "loss.beta_r": 0.0},
+            "noise2noise": n2n,
+            "consensus": {},
+        },
         "beta_r": {f"consensus beta_r={b}": {"loss.beta_r": b} for b in (0.0, 0.1, 0.5, 2.0)},
         "beta_w": {f"consensus beta_w={b}": {"loss.beta_w": b, "loss.beta_r": 0.0}
                    for b in (0.0, 5e-6, 5e-5, 5e-4)},

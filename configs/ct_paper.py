@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-4
+    config.optim.schedule = "constant"  # the paper's; "cosine" decays to 0 over the run
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = 100

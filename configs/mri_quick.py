@@ -44,6 +44,7 @@ def get_config():
     config.data.config = "quick"
     config.model.base_features = 16
     config.optim.learning_rate = 1e-3
+    config.optim.schedule = "cosine"
     config.train.num_epochs = 0
     config.train.num_steps = 1000
     config.train.batch_size = 16

@@ -189,7 +189,8 @@ def load_run(workdir: str | Path) -> tuple[train_lib.Method, Any, int, Any]:
     """(method, params, step, config) of a finished or partial training run."""
     config = experiment.load_config(workdir)
     method = train_lib.Method.from_config(config)
-    params, step = experiment.restore_params(workdir, method)
+    params, step = experiment.restore_params(workdir, method,
+                                             config.optim.get("schedule", "constant"))
     return method, params, step, config
 
 

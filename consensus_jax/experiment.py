@@ -16,6 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -31,6 +32,10 @@ from consensus_jax import input_pipeline, patches, train_lib
 
 #: Config keys that do not change the trained parameters; a workdir may be resumed with others.
 #: (model.layer_impl only picks how the same layers are computed.)
+#: Config keys added after runs were first stored, with the value that older runs used: a
+#: stored config without the key equals one that gives it this value.
+ADDED_KEY_DEFAULTS = MappingProxyType({"optim.schedule": "constant"})
+
 RUNTIME_KEYS = frozenset({
     "model.layer_impl",
     "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
@@ -58,6 +63,7 @@ def check_workdir_config(workdir: Path, config: Any, allow_config_change: bool) 
     current = flatten_config(config)
     if path.exists():
         stored = json.loads(path.read_text())
+        stored = {**ADDED_KEY_DEFAULTS, **stored}
         diff = {k: (stored.get(k), current.get(k)) for k in sorted(set(stored) | set(current))
                 if k not in RUNTIME_KEYS and stored.get(k) != current.get(k)}
         if diff and not allow_config_change:
@@ -100,15 +106,17 @@ def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
 
 
-def restore_params(workdir: str | Path, method: train_lib.Method) -> tuple[Any, int]:
-    """The parameters of a run's latest checkpoint and its step."""
+def restore_params(workdir: str | Path, method: train_lib.Method,
+                   schedule: str = "constant") -> tuple[Any, int]:
+    """The parameters of a run's latest checkpoint and its step (``schedule``: the run's
+    ``optim.schedule``, which fixes the layout of the stored optimizer state)."""
     workdir = Path(workdir)
     mngr = checkpoint_manager(workdir, keep=1_000_000)
     step = mngr.latest_step()
     if step is None:
         raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}: train it first "
                                 f"(`python train.py --workdir={workdir} ...`).")
-    optimizer = train_lib.make_optimizer(1.0)
+    optimizer = train_lib.make_optimizer(1.0, schedule, total_steps=1)
     shapes = jax.eval_shape(
         lambda: train_lib.create_train_state(method, optimizer, jax.random.PRNGKey(0)))
     # Restore onto this machine's devices, whatever the topology the run was saved from.
@@ -184,7 +192,8 @@ def fit(config: Any, workdir: str | Path, allow_config_change: bool = False
                          f"less than one batch of {local_batch}: lower train.batch_size.")
     total_steps = _num_steps(config, steps_per_epoch)
 
-    optimizer = train_lib.make_optimizer(config.optim.learning_rate)
+    optimizer = train_lib.make_optimizer(config.optim.learning_rate,
+                                         config.optim.get("schedule", "constant"), total_steps)
     root = jax.random.PRNGKey(config.seed)
     k_init, k_order, k_patch, k_step = jax.random.split(root, 4)
     state = jax.device_put(train_lib.create_train_state(method, optimizer, k_init), replicated)

@@ -133,9 +133,26 @@ def split_params(method: Method, params: dict[str, Any]) -> list[Any]:
     return [params[f"net{i + 1}"] for i in range(method.num_networks)]
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """Adam (paper: 1e-4); weight decay is explicit in the loss (Eq. 10), not AdamW."""
-    return optax.adam(learning_rate)
+SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(learning_rate: float, schedule: str = "constant",
+                   total_steps: int | None = None) -> optax.GradientTransformation:
+    """Adam (paper: 1e-4); weight decay is explicit in the loss (Eq. 10), not AdamW.
+
+    ``schedule``: ``"constant"`` (the paper's) or ``"cosine"``, which decays the rate from
+    ``learning_rate`` to 0 over ``total_steps`` (half-cosine). The two keep different optimizer
+    states (a cosine schedule counts steps), so a run is restored with the schedule it was trained
+    with.
+    """
+    if schedule == "constant":
+        return optax.adam(learning_rate)
+    if schedule == "cosine":
+        if total_steps is None or total_steps < 1:
+            raise ValueError(f"optim.schedule='cosine' needs the run's total steps (>= 1), got "
+                             f"{total_steps}.")
+        return optax.adam(optax.cosine_decay_schedule(learning_rate, total_steps))
+    raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {schedule!r}.")
 
 
 def create_train_state(method: Method, optimizer: optax.GradientTransformation,

@@ -35,7 +35,8 @@ def _train_cli(workdir, *extra, env=None):
 
 def _params(workdir):
     config = experiment.load_config(workdir)
-    return experiment.restore_params(workdir, train_lib.Method.from_config(config))
+    return experiment.restore_params(workdir, train_lib.Method.from_config(config),
+                                     config.optim.get("schedule", "constant"))
 
 
 def _assert_same_params(a, b, atol):
@@ -99,3 +100,31 @@ def test_nan_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
     params, step = _params(tmp_path)
     assert 6 <= step < 40
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
+
+
+def test_cosine_schedule_run_trains_and_restores(reference_run, tmp_path):
+    experiment.fit(_config(optim__schedule="cosine"), tmp_path)
+    params, step = _params(tmp_path)
+    ref, _ = _params(reference_run)
+    assert step == 12
+    # Same seed and batches, smaller steps after the first: the parameters differ.
+    assert not np.allclose(jax.tree_util.tree_leaves(params)[0], jax.tree_util.tree_leaves(ref)[0])
+    from consensus_jax import evaluation
+
+    method, restored, _, _ = evaluation.load_run(tmp_path)
+    _assert_same_params(restored, params, atol=0)
+
+
+def test_config_stored_before_a_key_existed_matches_its_default(reference_run):
+    import json
+
+    path = reference_run / "config.json"
+    stored = json.loads(path.read_text())
+    old = {k: v for k, v in stored.items() if k != "optim.schedule"}
+    path.write_text(json.dumps(old))
+    try:
+        experiment.fit(_config(), reference_run)  # "constant" == the old runs' behaviour
+        with pytest.raises(ValueError, match=r"optim.schedule: stored 'constant', now 'cosine'"):
+            experiment.fit(_config(optim__schedule="cosine"), reference_run)
+    finally:
+        path.write_text(json.dumps(stored))

@@ -112,3 +112,26 @@ def test_method_validation():
         train_lib.Method("noise2void", MODEL)
     with pytest.raises(ValueError, match="beta_r"):
         train_lib.Method("noise2noise", MODEL, beta_r=1.0)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_schedule_sets_adams_step_size(schedule):
+    # A constant gradient makes every bias-corrected Adam direction +-1, so each update's size is
+    # the learning rate of that step: lr throughout, or lr (1 + cos(pi t / T)) / 2.
+    lr, total = 0.01, 8
+    opt = train_lib.make_optimizer(lr, schedule, total_steps=total)
+    params = {"w": jnp.zeros(3)}
+    state = opt.init(params)
+    grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+    for t in range(total + 2):
+        updates, state = opt.update(grads, state, params)
+        cosine = lr * 0.5 * (1 + np.cos(np.pi * min(t, total) / total))
+        expected = lr if schedule == "constant" else cosine
+        np.testing.assert_allclose(np.abs(np.asarray(updates["w"])), expected, rtol=1e-4, atol=1e-9)
+
+
+def test_schedule_validation():
+    with pytest.raises(ValueError, match="optim.schedule must be one of"):
+        train_lib.make_optimizer(1e-3, "linear")
+    with pytest.raises(ValueError, match="needs the run's total steps"):
+        train_lib.make_optimizer(1e-3, "cosine")
