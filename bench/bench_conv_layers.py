@@ -35,7 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.bench_train_step import SIZES, Size, _data, _model, make_jax_runner, make_torch_runner
+from bench.bench_train_step import (
+    SIZES,
+    Size,
+    _data,
+    _model,
+    emit,
+    make_jax_runner,
+    make_torch_runner,
+    torch_available,
+)
 from bench.bench_train_step import time_alternating as step_time_alternating
 from consensus_jax.models import UNetConfig
 from consensus_jax.xla_options import default_compiler_options
@@ -260,14 +269,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--no_torch", action="store_true", help="time JAX only")
     parser.add_argument("--out", default="", help="append the Markdown tables to this file")
     args = parser.parse_args(argv)
-    torch_ok = not args.no_torch
-    if torch_ok:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("# torch not installed: pip install torch==2.13.0 (CPU wheel); timing JAX only",
-                  file=sys.stderr)
-            torch_ok = False
+    torch_ok = torch_available(args.no_torch)
     lines = [
         f"### 3x3 convolutions vs the whole train step, {jax.default_backend()}, "
         f"jax {jax.__version__}, {time.strftime('%Y-%m-%d %H:%M')}", "",
@@ -280,10 +282,7 @@ def main(argv: list[str] | None = None) -> str:
         lines += bench_size(SIZES[name], args.repeats, args.xla_defaults, torch_ok,
                             args.step_repeats) + [""]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + table)
+    emit(table, args.out)
     return table
 
 

@@ -278,6 +278,27 @@ def bench_size(size: Size, repeats: int, variants: list[str], stacked: bool,
     return rows
 
 
+def torch_available(no_torch: bool) -> bool:
+    """Whether the PyTorch reference can run (the bench extra installed, not turned off)."""
+    if no_torch:
+        return False
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("# torch not installed: pip install torch==2.13.0 (CPU wheel); timing JAX only",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def emit(table: str, out: str) -> None:
+    """Prints the Markdown table and appends it to ``out`` when given."""
+    print(table)
+    if out:
+        with open(out, "a") as f:
+            f.write("\n" + table)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="quick,paper", help="comma list of " + str(list(SIZES)))
@@ -301,14 +322,7 @@ def main(argv: list[str] | None = None) -> str:
         if v not in VARIANTS:
             raise ValueError(f"--variants: unknown variant {v!r}; choose from {list(VARIANTS)}.")
     backend = jax.default_backend()
-    torch_ok = not args.no_torch
-    if torch_ok:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("# torch not installed: pip install torch==2.13.0 (CPU wheel); timing JAX only",
-                  file=sys.stderr)
-            torch_ok = False
+    torch_ok = torch_available(args.no_torch)
     if torch_ok and backend != "cpu":
         torch_ok = False  # the reference is the CPU wheel: compare against it on CPU only
     dtypes = ["float32", "bfloat16"] if backend == "gpu" else ["float32"]
@@ -353,10 +367,7 @@ def main(argv: list[str] | None = None) -> str:
             lines.extend(rows)
             print("\n".join(rows), file=sys.stderr)
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + table)
+    emit(table, args.out)
     return table
 
 

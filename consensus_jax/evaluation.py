@@ -189,8 +189,7 @@ def load_run(workdir: str | Path) -> tuple[train_lib.Method, Any, int, Any]:
     """(method, params, step, config) of a finished or partial training run."""
     config = experiment.load_config(workdir)
     method = train_lib.Method.from_config(config)
-    params, step = experiment.restore_params(workdir, method,
-                                             config.optim.get("schedule", "constant"))
+    params, step = experiment.restore_params(workdir, method, config.optim.schedule)
     return method, params, step, config
 
 

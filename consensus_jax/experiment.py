@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from consensus_jax import input_pipeline, patches, train_lib
 
-#: Config keys that do not change the trained parameters; a workdir may be resumed with others.
-#: (model.layer_impl only picks how the same layers are computed.)
 #: Config keys added after runs were first stored, with the value that older runs used: a
-#: stored config without the key equals one that gives it this value.
+#: stored config without the key reads as (and compares equal to) one that gives it this value.
 ADDED_KEY_DEFAULTS = MappingProxyType({"optim.schedule": "constant"})
 
+#: Config keys that do not change the trained parameters; a workdir may be resumed with others.
+#: (model.layer_impl only picks how the same layers are computed.)
 RUNTIME_KEYS = frozenset({
     "model.layer_impl",
     "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
@@ -87,7 +87,7 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir (train.py "
                                 "writes config.json there when it starts).")
     nested: dict[str, Any] = {}
-    for key, value in json.loads(path.read_text()).items():
+    for key, value in {**ADDED_KEY_DEFAULTS, **json.loads(path.read_text())}.items():
         node = nested
         *groups, leaf = key.split(".")
         for g in groups:

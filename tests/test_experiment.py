@@ -36,7 +36,7 @@ def _train_cli(workdir, *extra, env=None):
 def _params(workdir):
     config = experiment.load_config(workdir)
     return experiment.restore_params(workdir, train_lib.Method.from_config(config),
-                                     config.optim.get("schedule", "constant"))
+                                     config.optim.schedule)
 
 
 def _assert_same_params(a, b, atol):
@@ -123,6 +123,7 @@ def test_config_stored_before_a_key_existed_matches_its_default(reference_run):
     old = {k: v for k, v in stored.items() if k != "optim.schedule"}
     path.write_text(json.dumps(old))
     try:
+        assert experiment.load_config(reference_run).optim.schedule == "constant"
         experiment.fit(_config(), reference_run)  # "constant" == the old runs' behaviour
         with pytest.raises(ValueError, match=r"optim.schedule: stored 'constant', now 'cosine'"):
             experiment.fit(_config(optim__schedule="cosine"), reference_run)
