@@ -4,12 +4,8 @@
       --root=work_dirs/ablation_ct --out=results/ablation_ct
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base experiment config.")
 _GRID = flags.DEFINE_string("grid", "loss_terms", "Grid name in configs/ablation.py.")
@@ -31,7 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from consensus_jax.hugepages import restart_with_huge_pages
-
-    restart_with_huge_pages()  # XLA CPU buffers on huge pages (see that module)
     app.run(main)

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from consensus_jax.workdir import atomic_write
+
 KINDS = ("noise2clean", "noise2noise", "consensus")
 SETTINGS = {
     "ct": {"prep": ["-m", "data_prep.ct", "--config=quick"], "config": "configs/ct_quick.py"},
@@ -71,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
               "total_wall_s": round(total, 1), "stages": timings}
-    tmp = out / "timings.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out / "timings.json")
+    atomic_write(out / "timings.json", json.dumps(record, indent=1))
     print("\n| stage | wall (s) | peak memory (MB) |\n|---|---|---|")
     for t in timings:
         print(f"| {t['stage']} | {t['wall_s']} | {t['peak_rss_mb']} |")
@@ -83,7 +83,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from consensus_jax.hugepages import restart_with_huge_pages
-
-    restart_with_huge_pages()  # XLA CPU buffers on huge pages (see that module)
     sys.exit(main())

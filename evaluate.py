@@ -7,12 +7,8 @@ Writes table.md, table.csv, results.json (per-slice values) and figure.png into 
 results there are kept under numbered names, never overwritten.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _RUNS = flags.DEFINE_list("runs", [], "Training workdirs to evaluate (comma separated).")
 _OUT = flags.DEFINE_string("out", None, "Output folder for the table and figure.")
@@ -35,7 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from consensus_jax.hugepages import restart_with_huge_pages
-
-    restart_with_huge_pages()  # XLA CPU buffers on huge pages (see that module)
     app.run(main)

@@ -5,14 +5,13 @@
 
 Rerunning with the same workdir resumes from the latest checkpoint (or does nothing when the run is
 finished); a workdir holding a different config is refused unless --allow_config_change is given.
+When the run ends, the test split is scored against the paper's reference (eval_summary.json).
 """
 
-import os
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -33,14 +32,14 @@ def main(argv):
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    from consensus_jax import experiment
+    from consensus_jax import evaluation, experiment
 
-    experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                  allow_config_change=_ALLOW.value)
+    state, method = experiment.fit(_CONFIG.value, _WORKDIR.value,
+                                   allow_config_change=_ALLOW.value)
+    if jax.process_index() == 0:
+        evaluation.evaluate_on_test(_CONFIG.value, method, jax.device_get(state.params),
+                                    Path(_WORKDIR.value), int(state.step))
 
 
 if __name__ == "__main__":
-    from consensus_jax.hugepages import restart_with_huge_pages
-
-    restart_with_huge_pages()  # XLA CPU buffers on huge pages (see that module)
     app.run(main)

@@ -287,7 +287,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    from consensus_jax.hugepages import restart_with_huge_pages
-
-    restart_with_huge_pages()  # XLA CPU buffers on huge pages (see that module)
     main()

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "ct_consensus"  # a TFDS dataset, or "synthetic" (in-memory, tests only)
+    config.data.name = "ct_consensus"  # a TFDS dataset prepared by data_prep
     config.data.config = "paper"  # builder config: tiny | quick | paper | dicom | numpy
     config.data.data_dir = "data/tfds"
     config.data.train_split = "train"
@@ -62,7 +62,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3
     config.train.tensorboard = True
     config.train.progress = True
-    config.train.debug_exit_at_step = 0  # tests only: crash the process after this step
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 4

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "mri_consensus"  # a TFDS dataset, or "synthetic" (in-memory, tests only)
+    config.data.name = "mri_consensus"  # a TFDS dataset prepared by data_prep
     config.data.config = "knee"  # builder config: tiny | quick | knee | mni | fastmri
     config.data.data_dir = "data/tfds"
     config.data.train_split = "train"
@@ -70,7 +70,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3
     config.train.tensorboard = True
     config.train.progress = True
-    config.train.debug_exit_at_step = 0  # tests only: crash the process after this step
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 4

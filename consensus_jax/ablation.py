@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from consensus_jax import evaluation, experiment, input_pipeline
+from consensus_jax import workdir as wd
 
 
 def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
@@ -77,8 +78,8 @@ def run_grid(base: Any, settings: Mapping[str, Mapping[str, Any]], seeds: Sequen
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     out_dir.mkdir(parents=True, exist_ok=True)
     table = "\n".join(lines) + "\n"
-    evaluation.atomic_write(out_dir / "ablation.md", table)
-    evaluation.atomic_write(out_dir / "ablation.json", json.dumps(
+    wd.atomic_write(out_dir / "ablation.md", table)
+    wd.atomic_write(out_dir / "ablation.json", json.dumps(
         {"settings": {k: dict(v) for k, v in settings.items()}, "seeds": list(seeds),
          "rows": rows}, indent=1))
     print(table)

@@ -4,14 +4,14 @@ Columns follow the paper's tables: CT — FBP, TV, Noise2noise, Proposed, Noise2
 Zero-filling, SENSE, Noise2noise, Proposed, Noise2clean; plus "Noise2noise (both halves)", the
 Noise2noise network applied to both halves and averaged. Rows give mean +- std over test slices.
 CT is scored against the full-dose FBP (the paper's protocol), against the FBP of noiseless
-projections (NOTES.md) and, secondary, against the source image.
+projections (the clean image at the reconstruction's own resolution) and, secondary, against the
+source image.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -20,9 +20,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from consensus_jax import experiment, metrics, train_lib
+from consensus_jax import input_pipeline, metrics, train_lib
+from consensus_jax import workdir as wd
 
 #: Column order of the paper's tables, by modality (baselines first, then the learned methods).
 METHOD_ORDER = {
@@ -142,58 +146,73 @@ def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], heade
                               **{k: v.tolist() for k, v in r.values.items()}} for r in results]}
     paths = {"md": out_dir / "table.md", "csv": out_dir / "table.csv",
              "json": out_dir / "results.json"}
-    atomic_write(paths["md"], f"{header}\n\n{table}\n")
-    with _atomic_open(paths["csv"]) as f:
+    wd.atomic_write(paths["md"], f"{header}\n\n{table}\n", keep=True)
+    with wd.atomic_open(paths["csv"], keep=True) as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    atomic_write(paths["json"], json.dumps(payload, indent=1))
+    wd.atomic_write(paths["json"], json.dumps(payload, indent=1), keep=True)
     return paths
 
 
-def _keep_previous(path: Path) -> None:
-    if path.exists():
-        n = 1
-        while path.with_name(f"{path.stem}.{n}{path.suffix}").exists():
-            n += 1
-        os.replace(path, path.with_name(f"{path.stem}.{n}{path.suffix}"))
+def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collections.ConfigDict,
+                step: int | None = None) -> tuple[Any, int]:
+    """The parameters of a run's checkpoint ``step`` (default: the latest) and that step,
+    replicated over this machine's devices whatever the topology the run was saved from."""
+    directory = Path(workdir) / wd.CHECKPOINTS
+    mngr = wd.checkpoint_manager(Path(workdir), keep=1_000_000)
+    steps = mngr.all_steps()
+    mngr.close()
+    if not steps:
+        raise FileNotFoundError(f"No checkpoint in {directory}: train it first "
+                                f"(`python train.py --workdir={workdir} ...`).")
+    if step is None:
+        step = max(steps)
+    elif step not in steps:
+        raise ValueError(f"{directory} has no checkpoint of step {step}; it has {sorted(steps)}.")
+    params = jax.eval_shape(lambda: train_lib.init_network_params(method, jax.random.PRNGKey(0)))
+
+    def opt_state_shapes():
+        optimizer = train_lib.make_optimizer(1.0, config.optim.schedule, total_steps=1)
+        return jax.eval_shape(optimizer.init, params)
+
+    replicated = NamedSharding(train_lib.make_mesh(), P())
+    return wd.restore_params(directory, step, params, replicated, opt_state_shapes), int(step)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    with _atomic_open(path) as f:
-        f.write(text)
-
-
-class _atomic_open:
-    """Writes to ``path.tmp`` and renames on success, keeping any earlier file under a new name."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-
-    def __enter__(self):
-        self.f = self.tmp.open("w", newline="")
-        return self.f
-
-    def __exit__(self, exc_type, exc, tb):
-        self.f.close()
-        if exc_type is None:
-            _keep_previous(self.path)
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False
-
-
-def load_run(workdir: str | Path) -> tuple[train_lib.Method, Any, int, Any]:
-    """(method, params, step, config) of a finished or partial training run."""
-    config = experiment.load_config(workdir)
+def load_run(workdir: str | Path, step: int | None = None
+             ) -> tuple[train_lib.Method, Any, int, ml_collections.ConfigDict]:
+    """(method, params, step, config) of a finished or partial training run; ``step``: which
+    checkpoint (default: the latest)."""
+    config = wd.load_config(workdir)
     method = train_lib.Method.from_config(config)
-    params, step = experiment.restore_params(workdir, method, config.optim.schedule)
+    params, step = load_params(workdir, method, config, step)
     return method, params, step, config
 
 
-def load_extra_baselines(data_cfg: Any, split: str, images: Mapping[str, np.ndarray],
+def evaluate_on_test(config: ml_collections.ConfigDict, method: train_lib.Method, params: Any,
+                     workdir: Path, step: int) -> dict[str, float]:
+    """Mean test metrics of a trained run against the first reference (eval_summary.json).
+
+    The full comparison with the baselines is ``evaluate``'s job; this is the quick check that
+    closes a training run.
+    """
+    images = input_pipeline.load_split(config.data, config.data.test_split, config.modality)
+    outputs = predict(method, params, images, config.eval.batch_size)
+    summary: dict[str, Any] = {"step": step}
+    first_ref = REFERENCES[config.modality][0][1]
+    for result in score(config.modality, outputs, images):
+        if result.reference == first_ref:
+            for metric, values in result.values.items():
+                summary[f"{result.method} {metric}"] = float(np.mean(values))
+    wd.atomic_write(Path(workdir) / "eval_summary.json", json.dumps(summary, indent=1))
+    print(f"{workdir}: test split vs {first_ref} at step {step}: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in summary.items() if k != "step"))
+    return summary
+
+
+def load_extra_baselines(data_cfg: ml_collections.ConfigDict, split: str,
+                         images: Mapping[str, np.ndarray],
                          note_missing: bool = True) -> dict[str, np.ndarray]:
     """Baselines computed from raw data at preparation time (CT: TV), aligned to ``images``.
 
@@ -203,8 +222,6 @@ def load_extra_baselines(data_cfg: Any, split: str, images: Mapping[str, np.ndar
     """
     if data_cfg.name == "synthetic":
         return {}
-    from consensus_jax import input_pipeline
-
     path = input_pipeline.dataset_dir(data_cfg) / f"baselines_{split}.npz"
     if not path.exists():
         if not note_missing:
@@ -226,7 +243,8 @@ def load_extra_baselines(data_cfg: Any, split: str, images: Mapping[str, np.ndar
     return {k: v[rows] for k, v in stored.items() if not k.startswith("meta_")}
 
 
-def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path, config: Any | None = None,
+def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
+             config: ml_collections.ConfigDict | None = None,
              figure_slice: int = 0, zoom_box: tuple[int, int, int] | None = None,
              batch_size: int = 4) -> dict[str, Path]:
     """Runs every method on the test split and writes the table, CSV, JSON and figure.
@@ -238,7 +256,7 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path, config: Any | 
       figure_slice: index of the test slice shown in the figure (fixed before seeing results).
       zoom_box: (row, col, size) of the figure's inset.
     """
-    from consensus_jax import figures, input_pipeline
+    from consensus_jax import figures
 
     runs = [load_run(d) for d in run_dirs]
     if config is None:

@@ -16,116 +16,21 @@ import json
 import os
 import time
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from consensus_jax import input_pipeline, patches, train_lib
+from consensus_jax import workdir as wd
 
-#: Config keys added after runs were first stored, with the value that older runs used: a
-#: stored config without the key reads as (and compares equal to) one that gives it this value.
-ADDED_KEY_DEFAULTS = MappingProxyType({"optim.schedule": "constant"})
-
-#: Config keys that do not change the trained parameters; a workdir may be resumed with others.
-#: (model.layer_impl only picks how the same layers are computed.)
-RUNTIME_KEYS = frozenset({
-    "model.layer_impl",
-    "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
-    "train.debug_exit_at_step", "train.tensorboard", "train.progress", "data.data_dir",
-    "eval.batch_size",
-})
-
-
-def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
-    """{"group.key": value} of a (nested) ConfigDict or dict."""
-    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    out = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_config(v, name + "."))
-        else:
-            out[name] = v
-    return out
-
-
-def check_workdir_config(workdir: Path, config: Any, allow_config_change: bool) -> None:
-    """Stores the config as JSON in a new workdir; refuses a different one in a used workdir."""
-    path = workdir / "config.json"
-    current = flatten_config(config)
-    if path.exists():
-        stored = json.loads(path.read_text())
-        stored = {**ADDED_KEY_DEFAULTS, **stored}
-        diff = {k: (stored.get(k), current.get(k)) for k in sorted(set(stored) | set(current))
-                if k not in RUNTIME_KEYS and stored.get(k) != current.get(k)}
-        if diff and not allow_config_change:
-            lines = "\n".join(f"  {k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"{workdir} holds a run with a different config:\n{lines}\nUse a new --workdir, "
-                "or pass --allow_config_change to continue this run with the new values."
-            )
-        if not diff:
-            return
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config stored beside a run's checkpoints, as a ConfigDict."""
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir (train.py "
-                                "writes config.json there when it starts).")
-    nested: dict[str, Any] = {}
-    for key, value in {**ADDED_KEY_DEFAULTS, **json.loads(path.read_text())}.items():
-        node = nested
-        *groups, leaf = key.split(".")
-        for g in groups:
-            node = node.setdefault(g, {})
-        node[leaf] = value
-    return ml_collections.ConfigDict(nested)
-
-
-def make_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process, axis "data"."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
-
-
-def restore_params(workdir: str | Path, method: train_lib.Method,
-                   schedule: str = "constant") -> tuple[Any, int]:
-    """The parameters of a run's latest checkpoint and its step (``schedule``: the run's
-    ``optim.schedule``, which fixes the layout of the stored optimizer state)."""
-    workdir = Path(workdir)
-    mngr = checkpoint_manager(workdir, keep=1_000_000)
-    step = mngr.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}: train it first "
-                                f"(`python train.py --workdir={workdir} ...`).")
-    optimizer = train_lib.make_optimizer(1.0, schedule, total_steps=1)
-    shapes = jax.eval_shape(
-        lambda: train_lib.create_train_state(method, optimizer, jax.random.PRNGKey(0)))
-    # Restore onto this machine's devices, whatever the topology the run was saved from.
-    replicated = NamedSharding(make_mesh(), P())
-    abstract = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
-    state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-    mngr.close()
-    return state.params, int(step)
+#: Environment variable for the tests of exact resume: the process exits (code 3, no cleanup)
+#: right after this step, as a crash between steps would.
+CRASH_AFTER_STEP = "CONSENSUS_JAX_CRASH_AFTER_STEP"
 
 
 class _Logger:
@@ -152,7 +57,7 @@ class _Logger:
             self.writer.flush()
 
 
-def _num_steps(config: Any, steps_per_epoch: int) -> int:
+def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.train.num_steps > 0:
         return int(config.train.num_steps)
     if config.train.num_epochs <= 0:
@@ -160,7 +65,7 @@ def _num_steps(config: Any, steps_per_epoch: int) -> int:
     return int(config.train.num_epochs) * steps_per_epoch
 
 
-def fit(config: Any, workdir: str | Path, allow_config_change: bool = False
+def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_change: bool = False
         ) -> tuple[train_lib.TrainState, train_lib.Method]:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the state.
 
@@ -169,10 +74,10 @@ def fit(config: Any, workdir: str | Path, allow_config_change: bool = False
     workdir = Path(workdir)
     method = train_lib.Method.from_config(config)
     tcfg = config.train
-    check_workdir_config(workdir, config, allow_config_change)
+    wd.check_workdir_config(workdir, config, allow_config_change)
 
     pid, nproc = jax.process_index(), jax.process_count()
-    mesh = make_mesh()
+    mesh = train_lib.make_mesh()
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     if tcfg.batch_size % mesh.size:
@@ -198,11 +103,10 @@ def fit(config: Any, workdir: str | Path, allow_config_change: bool = False
     k_init, k_order, k_patch, k_step = jax.random.split(root, 4)
     state = jax.device_put(train_lib.create_train_state(method, optimizer, k_init), replicated)
 
-    mngr = checkpoint_manager(workdir, tcfg.keep_checkpoints)
+    mngr = wd.checkpoint_manager(workdir, tcfg.keep_checkpoints)
     start = mngr.latest_step() or 0
     if start:
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(start, args=ocp.args.StandardRestore(abstract))
+        state = wd.restore_state(workdir / wd.CHECKPOINTS, start, state)
     if start >= total_steps:
         print(f"{workdir}: already trained to step {start} of {total_steps}; nothing to do.")
         mngr.close()
@@ -211,7 +115,7 @@ def fit(config: Any, workdir: str | Path, allow_config_change: bool = False
     train_step = train_lib.make_train_step(method, optimizer,
                                            out_shardings=(replicated, replicated))
     logger = _Logger(workdir, bool(tcfg.get("tensorboard", True)) and pid == 0)
-    exit_at = int(tcfg.get("debug_exit_at_step", 0) or 0)
+    exit_at = int(os.environ.get(CRASH_AFTER_STEP, "0") or 0)
     bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=pid != 0 or not tcfg.get("progress", True), desc=method.kind)
     order, order_epoch = None, -1
@@ -242,7 +146,7 @@ def fit(config: Any, workdir: str | Path, allow_config_change: bool = False
             bar.set_postfix(epoch=f"{epoch + 1}", loss=f"{host['total']:.4g}",
                             patches_s=f"{rate:.0f}")
             if done % tcfg.checkpoint_every_steps == 0 or done == total_steps:
-                mngr.save(done, args=ocp.args.StandardSave(state))
+                wd.save_state(mngr, done, state)
         bar.update(1)
         if exit_at and done == exit_at:
             os._exit(3)  # simulates a crash between steps (tests of exact resume)
@@ -250,43 +154,6 @@ def fit(config: Any, workdir: str | Path, allow_config_change: bool = False
     mngr.wait_until_finished()
     mngr.close()
     return state, method
-
-
-def evaluate_on_test(config: Any, method: train_lib.Method, params: Any, workdir: Path,
-                     step: int) -> dict[str, float]:
-    """Mean test metrics of the trained run against the first reference (eval_summary.json).
-
-    The full comparison with the baselines is evaluate.py's job; this is the quick check that
-    closes a training run.
-    """
-    from consensus_jax import evaluation
-
-    images = input_pipeline.load_split(config.data, config.data.test_split, config.modality)
-    outputs = evaluation.predict(method, params, images, config.eval.batch_size)
-    summary: dict[str, Any] = {"step": step}
-    first_ref = evaluation.REFERENCES[config.modality][0][1]
-    for result in evaluation.score(config.modality, outputs, images):
-        if result.reference == first_ref:
-            for metric, values in result.values.items():
-                summary[f"{result.method} {metric}"] = float(np.mean(values))
-    path = workdir / "eval_summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
-    print(f"{workdir}: test split vs {first_ref} at step {step}: " + ", ".join(
-        f"{k} {v:.2f}" for k, v in summary.items() if k != "step"))
-    return summary
-
-
-def train_and_evaluate(config: Any, workdir: str | Path, allow_config_change: bool = False
-                       ) -> tuple[train_lib.TrainState, dict[str, float]]:
-    """Trains (or resumes) the run, then scores it on the test split."""
-    state, method = fit(config, workdir, allow_config_change)
-    if jax.process_index() != 0:
-        return state, {}
-    params = jax.device_get(state.params)
-    summary = evaluate_on_test(config, method, params, Path(workdir), int(state.step))
-    return state, summary
 
 
 def _globalise(local: dict[str, jax.Array], sharding: NamedSharding, nproc: int

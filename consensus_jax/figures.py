@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from consensus_jax.metrics import LIVER_WINDOW_HU
+from consensus_jax.workdir import atomic_open
 
 
 def _display(modality: str, img: np.ndarray) -> np.ndarray:
@@ -75,10 +76,9 @@ def comparison_figure(path: Path, modality: str, panels: Mapping[str, np.ndarray
     fig.suptitle(window, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

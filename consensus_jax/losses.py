@@ -26,6 +26,11 @@ def squared_norm(v: Array) -> Array:
     return jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)))
 
 
+def consensus_average(y1: Array, y2: Array) -> Array:
+    """Eq. 9, the denoised image of the pair: ``z = (y1 + y2) / 2`` (any matching shapes)."""
+    return 0.5 * (y1 + y2)
+
+
 def noise2clean(y: Array, x: Array) -> tuple[Array, Terms]:
     """Eq. 1: ``1/N sum_i ||f(x_i + n_i) - x_i||^2``.
 
@@ -59,7 +64,7 @@ def consensus_clean(y1: Array, y2: Array, x: Array) -> tuple[Array, Terms]:
       y1, y2: ``f(x + n1; Theta1)`` and ``f(x + n2; Theta2)``, [B, H, W, C].
       x: clean target, [B, H, W, C].
     """
-    loss = jnp.mean(squared_norm(0.5 * (y1 + y2) - x))
+    loss = jnp.mean(squared_norm(consensus_average(y1, y2) - x))
     terms = {
         "consensus_clean": loss,
         "fit1_clean": jnp.mean(squared_norm(y1 - x)),
@@ -114,19 +119,29 @@ def image_consistency(z: Array, x_est: Array) -> tuple[Array, Terms]:
     return loss, {"image_consistency": loss}
 
 
-def total_loss(y1: Array, y2: Array, x1: Array, x2: Array, x_est: Array, params1: Any,
-               params2: Any, beta_w: float, beta_r: float) -> tuple[Array, Terms]:
-    """Eq. 12, ``L = Ln + beta_w Lw + beta_r Lr`` for the consensus pair.
+def total_loss(y1: Array, y2: Array, x1: Array, x2: Array, x_est: Array | None,
+               params: tuple[Any, Any] | None, beta_w: float, beta_r: float
+               ) -> tuple[Array, Terms]:
+    """Eq. 12, ``L = Ln + beta_w Lw + beta_r Lr`` for the consensus pair (the training loss).
+
+    A term whose weight is 0 is left out (not computed, not in ``terms``), so ``x_est`` may be
+    None when ``beta_r == 0`` and ``params`` may be None when ``beta_w == 0``.
 
     Args:
       y1, y2: ``f(x1; Theta1)``, ``f(x2; Theta2)``, [B, H, W, C].
       x1, x2: the two noisy halves, [B, H, W, C].
       x_est: estimate of x for Eq. 11, [B, H, W, C].
-      params1, params2: Theta1 and Theta2 (pytrees).
+      params: (Theta1, Theta2), pytrees.
       beta_w, beta_r: weights of Eq. 10 and Eq. 11 (paper CT: 5e-6, 0.5; MRI: 1e-6, 5).
     """
-    ln, terms = consensus_loss(y1, y2, x1, x2)
-    lw, _ = weight_decay(params1, params2)
-    lr, _ = image_consistency(0.5 * (y1 + y2), x_est)
-    loss = ln + beta_w * lw + beta_r * lr
-    return loss, {**terms, "weight_decay": lw, "image_consistency": lr, "total": loss}
+    loss, terms = consensus_loss(y1, y2, x1, x2)
+    if beta_r:
+        lr, _ = image_consistency(consensus_average(y1, y2), x_est)
+        loss = loss + beta_r * lr
+        terms["image_consistency"] = lr
+    if beta_w:
+        lw, _ = weight_decay(*params)
+        loss = loss + beta_w * lw
+        terms["weight_decay"] = lw
+    terms["total"] = loss
+    return loss, terms

@@ -23,7 +23,9 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from consensus_jax import losses
 from consensus_jax.models import UNet, UNetConfig, apply_padded, init_params
@@ -176,23 +178,21 @@ def apply_networks(method: Method, params: dict[str, Any], inputs: list[Array]) 
 
 
 def loss_fn(method: Method, params: dict[str, Any], batch: Batch) -> tuple[Array, dict]:
-    """The training objective of ``method.kind`` and every one of its terms."""
-    nets = split_params(method, params) if method.beta_w else None
+    """The training objective of ``method.kind`` and every one of its terms (consensus: Eq. 12
+    through ``losses.total_loss``; single networks: Eq. 1 or Eq. 2, plus ``beta_w`` Eq. 10)."""
+    if method.kind == "consensus":
+        y1, y2 = apply_networks(method, params, [batch["x1"], batch["x2"]])
+        nets = split_params(method, params) if method.beta_w else None
+        return losses.total_loss(y1, y2, batch["x1"], batch["x2"], batch.get("x_est"), nets,
+                                 method.beta_w, method.beta_r)
     if method.kind == "noise2clean":
         (y,) = apply_networks(method, params, [batch[method.noise2clean_input]])
         loss, terms = losses.noise2clean(y, batch["x_ref"])
-    elif method.kind == "noise2noise":
+    else:
         (y,) = apply_networks(method, params, [batch["x1"]])
         loss, terms = losses.noise2noise(y, batch["x2"])
-    else:
-        y1, y2 = apply_networks(method, params, [batch["x1"], batch["x2"]])
-        loss, terms = losses.consensus_loss(y1, y2, batch["x1"], batch["x2"])
-        if method.beta_r:
-            lr, _ = losses.image_consistency(0.5 * (y1 + y2), batch["x_est"])
-            loss = loss + method.beta_r * lr
-            terms["image_consistency"] = lr
     if method.beta_w:
-        lw, _ = losses.weight_decay(*nets)
+        lw, _ = losses.weight_decay(*split_params(method, params))
         loss = loss + method.beta_w * lw
         terms["weight_decay"] = lw
     terms["total"] = loss
@@ -245,14 +245,20 @@ def denoise(method: Method, params: dict[str, Any], x1: Array, x2: Array | None 
     if method.kind == "consensus":
         if x2 is None:
             raise ValueError("consensus denoising needs both halves x1 and x2 (Eq. 9).")
-        y1 = apply_padded(apply_fn, nets[0], x1, m)
-        return 0.5 * (y1 + apply_padded(apply_fn, nets[1], x2, m))
+        return losses.consensus_average(apply_padded(apply_fn, nets[0], x1, m),
+                                        apply_padded(apply_fn, nets[1], x2, m))
     y = apply_padded(apply_fn, nets[0], x1, m)
     if average_halves:
         if x2 is None:
             raise ValueError("average_halves=True needs x2.")
-        y = 0.5 * (y + apply_padded(apply_fn, nets[0], x2, m))
+        y = losses.consensus_average(y, apply_padded(apply_fn, nets[0], x2, m))
     return y
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process, axis "data" (the batch is sharded over it,
+    the parameters replicated)."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
 
 
 def check_finite(metrics: Mapping[str, Any], step: int) -> None:

@@ -9,10 +9,17 @@ evaluator (``evaluation``) read run folders through this module; neither imports
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from types import MappingProxyType
+from typing import IO, Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
 
 
 def keep_previous(path: Path) -> Path | None:
@@ -54,3 +61,151 @@ def atomic_write(path: str | Path, data: str | bytes, keep: bool = False) -> Pat
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w", keep=keep) as f:
         f.write(data)
     return Path(path)
+
+
+# --- the stored config -------------------------------------------------------------------------
+
+#: Config keys added after runs were first stored, with the value that older runs used: a
+#: stored config without the key reads as (and compares equal to) one that gives it this value.
+ADDED_KEY_DEFAULTS = MappingProxyType({"optim.schedule": "constant"})
+
+#: Config keys that runs stored before they were removed; ignored when reading a stored config.
+REMOVED_KEYS = frozenset({"train.debug_exit_at_step"})
+
+#: Config keys that do not change the trained parameters; a workdir may be resumed with others.
+#: (model.layer_impl only picks how the same layers are computed.)
+RUNTIME_KEYS = frozenset({
+    "model.layer_impl",
+    "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "train.tensorboard", "train.progress", "data.data_dir", "eval.batch_size",
+})
+
+
+def flatten_config(config: ml_collections.ConfigDict | Mapping[str, Any],
+                   prefix: str = "") -> dict[str, Any]:
+    """{"group.key": value} of a (nested) ConfigDict or dict."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    out = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_config(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def _read_stored(path: Path) -> dict[str, Any]:
+    """A stored config.json, flattened, in today's keys (``ADDED_KEY_DEFAULTS``,
+    ``REMOVED_KEYS``)."""
+    stored = {k: v for k, v in json.loads(path.read_text()).items() if k not in REMOVED_KEYS}
+    return {**ADDED_KEY_DEFAULTS, **stored}
+
+
+def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
+                         allow_config_change: bool) -> None:
+    """Stores the config as JSON in a new workdir; refuses a different one in a used workdir."""
+    path = workdir / "config.json"
+    current = flatten_config(config)
+    if path.exists():
+        stored = _read_stored(path)
+        diff = {k: (stored.get(k), current.get(k)) for k in sorted(set(stored) | set(current))
+                if k not in RUNTIME_KEYS and stored.get(k) != current.get(k)}
+        if diff and not allow_config_change:
+            lines = "\n".join(f"  {k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{workdir} holds a run with a different config:\n{lines}\nUse a new --workdir, "
+                "or pass --allow_config_change to continue this run with the new values."
+            )
+        if not diff:
+            return
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config stored beside a run's checkpoints, as a ConfigDict."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir (train.py "
+                                "writes config.json there when it starts).")
+    nested: dict[str, Any] = {}
+    for key, value in _read_stored(path).items():
+        node = nested
+        *groups, leaf = key.split(".")
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+# Each step is saved as two orbax items, ``params`` and ``opt_state``, so evaluation and export
+# restore the parameters alone. Runs saved before that hold one unnamed item (``default``, the
+# whole TrainState); they are still restored, and resumed runs save new steps in the new layout.
+
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_manager(workdir: Path, keep: int, subdir: str = CHECKPOINTS,
+                       **options: Any) -> ocp.CheckpointManager:
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, **options)
+    return ocp.CheckpointManager((Path(workdir) / subdir).absolute(), options=opts)
+
+
+def save_state(mngr: ocp.CheckpointManager, step: int, state: Any, **kwargs: Any) -> None:
+    """Saves ``state`` (a TrainState) at ``step`` as the items ``params`` and ``opt_state``."""
+    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params),
+                                            opt_state=ocp.args.StandardSave(state.opt_state)),
+              **kwargs)
+
+
+def _is_legacy(directory: Path, step: int) -> bool:
+    return (directory / str(step) / "default").is_dir()
+
+
+def _abstract(tree: Any, sharding: Any | None) -> Any:
+    def one(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or getattr(x, "sharding",
+                                                                                   None))
+    return jax.tree_util.tree_map(one, tree)
+
+
+def restore_state(directory: Path, step: int, target: Any) -> Any:
+    """The TrainState of ``step`` in the checkpoint folder ``directory``, shaped like ``target``
+    (a TrainState of arrays or ShapeDtypeStructs, whose shardings are used)."""
+    mngr = ocp.CheckpointManager(directory.absolute())
+    try:
+        if _is_legacy(directory, step):
+            state = mngr.restore(step, args=ocp.args.StandardRestore(_abstract(target, None)))
+        else:
+            items = mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(_abstract(target.params, None)),
+                opt_state=ocp.args.StandardRestore(_abstract(target.opt_state, None))))
+            state = target.replace(step=jnp.asarray(step, jnp.int32), params=items.params,
+                                   opt_state=items.opt_state)
+    finally:
+        mngr.close()
+    return state
+
+
+def restore_params(directory: Path, step: int, params_shapes: Any, sharding: Any,
+                   opt_state_shapes: Callable[[], Any]) -> Any:
+    """The parameters alone of ``step`` in the checkpoint folder ``directory``.
+
+    ``params_shapes``: a pytree of ShapeDtypeStructs; ``sharding``: where to put them.
+    ``opt_state_shapes``: called only for a legacy checkpoint, whose single item also holds the
+    optimizer state (its layout must be known to restore it).
+    """
+    mngr = ocp.CheckpointManager(directory.absolute())
+    try:
+        if _is_legacy(directory, step):
+            shapes = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params_shapes,
+                      "opt_state": opt_state_shapes()}
+            tree = mngr.restore(step, args=ocp.args.StandardRestore(_abstract(shapes, sharding)))
+            return tree["params"]
+        items = mngr.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract(params_shapes, sharding))))
+        return items.params
+    finally:
+        mngr.close()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from consensus_jax import experiment, train_lib
+from consensus_jax import evaluation, experiment
+from consensus_jax import workdir as wd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +34,9 @@ def _train_cli(workdir, *extra, env=None):
                           env={**os.environ, **(env or {})})
 
 
-def _params(workdir):
-    config = experiment.load_config(workdir)
-    return experiment.restore_params(workdir, train_lib.Method.from_config(config),
-                                     config.optim.schedule)
+def _params(workdir, step=None):
+    _, params, step, _ = evaluation.load_run(workdir, step)
+    return params, step
 
 
 def _assert_same_params(a, b, atol):
@@ -54,7 +54,7 @@ def reference_run(tmp_path_factory):
 
 
 def test_resume_after_crash_matches_uninterrupted(reference_run, tmp_path):
-    crashed = _train_cli(tmp_path, "--config.train.debug_exit_at_step=7")
+    crashed = _train_cli(tmp_path, env={experiment.CRASH_AFTER_STEP: "7"})
     assert crashed.returncode == 3, crashed.stderr[-2000:]
     # Checkpoints every 3 steps and saves are asynchronous: the crash right after step 7 leaves
     # step 6, or step 3 when the save of step 6 was still in flight.
@@ -109,8 +109,6 @@ def test_cosine_schedule_run_trains_and_restores(reference_run, tmp_path):
     assert step == 12
     # Same seed and batches, smaller steps after the first: the parameters differ.
     assert not np.allclose(jax.tree_util.tree_leaves(params)[0], jax.tree_util.tree_leaves(ref)[0])
-    from consensus_jax import evaluation
-
     method, restored, _, _ = evaluation.load_run(tmp_path)
     _assert_same_params(restored, params, atol=0)
 
@@ -123,9 +121,48 @@ def test_config_stored_before_a_key_existed_matches_its_default(reference_run):
     old = {k: v for k, v in stored.items() if k != "optim.schedule"}
     path.write_text(json.dumps(old))
     try:
-        assert experiment.load_config(reference_run).optim.schedule == "constant"
+        assert wd.load_config(reference_run).optim.schedule == "constant"
         experiment.fit(_config(), reference_run)  # "constant" == the old runs' behaviour
         with pytest.raises(ValueError, match=r"optim.schedule: stored 'constant', now 'cosine'"):
             experiment.fit(_config(optim__schedule="cosine"), reference_run)
     finally:
         path.write_text(json.dumps(stored))
+
+
+def test_checkpoint_saved_in_the_old_single_item_layout_still_restores_and_resumes(
+        reference_run, tmp_path):
+    """Runs saved before params and opt_state were separate orbax items hold one item, the whole
+    TrainState: evaluation still reads it, and training resumes from it to the same result."""
+    import orbax.checkpoint as ocp
+
+    from consensus_jax import train_lib
+
+    first_half = tmp_path / "first_half"
+    experiment.fit(_config(train__num_steps=6), first_half)
+    method = train_lib.Method.from_config(_config())
+    template = train_lib.create_train_state(method, train_lib.make_optimizer(1.0),
+                                            jax.random.PRNGKey(0))
+    state6 = wd.restore_state(first_half / wd.CHECKPOINTS, 6, template)
+    legacy = tmp_path / "legacy"
+    wd.check_workdir_config(legacy, _config(), allow_config_change=False)
+    mngr = ocp.CheckpointManager((legacy / wd.CHECKPOINTS).absolute(),
+                                 options=ocp.CheckpointManagerOptions(create=True))
+    mngr.save(6, args=ocp.args.StandardSave(state6))
+    mngr.wait_until_finished()
+    mngr.close()
+    assert (legacy / wd.CHECKPOINTS / "6" / "default").is_dir()
+
+    params, step = _params(legacy)
+    assert step == 6
+    _assert_same_params(params, state6.params, atol=0)
+    experiment.fit(_config(), legacy)
+    assert (legacy / wd.CHECKPOINTS / "12" / "params").is_dir()
+    params12, step = _params(legacy)
+    ref, _ = _params(reference_run)
+    assert step == 12
+    _assert_same_params(params12, ref, atol=1e-6)
+
+
+def test_new_checkpoints_restore_the_parameters_alone(reference_run):
+    step_dir = reference_run / wd.CHECKPOINTS / "12"
+    assert (step_dir / "params").is_dir() and (step_dir / "opt_state").is_dir()

@@ -97,20 +97,30 @@ def test_total_eq12(tensors):
     p1, p2 = {"w": jnp.asarray(_rand(7, (5,)))}, {"w": jnp.asarray(_rand(8, (5,)))}
     bw, br = 5e-6 * 1e4, 0.5
     args = [jnp.asarray(t[k]) for k in ("y1", "y2", "x1", "x2", "x_est")]
-    val, terms = losses.total_loss(*args, p1, p2, beta_w=bw, beta_r=br)
+    val, terms = losses.total_loss(*args, (p1, p2), beta_w=bw, beta_r=br)
     ln = losses.consensus_loss(*args[:4])[0]
     lw = np.sum(np.asarray(p1["w"]) ** 2) + np.sum(np.asarray(p2["w"]) ** 2)
     lr = np.mean(_np_sq(0.5 * (t["y1"] + t["y2"]) - t["x_est"]))
     np.testing.assert_allclose(val, ln + bw * lw + br * lr, rtol=1e-5)
     assert {"consensus", "fit1", "fit2", "disagreement", "weight_decay", "image_consistency",
             "total"} <= set(terms)
+    # A zero weight leaves its term out, so the batch needs no x_est and no params are read.
+    val0, terms0 = losses.total_loss(*args[:4], None, None, beta_w=0.0, beta_r=0.0)
+    np.testing.assert_allclose(val0, ln, rtol=1e-6)
+    assert "image_consistency" not in terms0 and "weight_decay" not in terms0
+
+
+def test_consensus_average_eq9():
+    y1, y2 = _rand(11, (2, 4, 4, 1)), _rand(12, (2, 4, 4, 1))
+    np.testing.assert_allclose(losses.consensus_average(jnp.asarray(y1), jnp.asarray(y2)),
+                               (y1 + y2) / 2, rtol=1e-6)
 
 
 def test_gradients_finite_and_jit_equals_eager(tensors):
     t = tensors
     args = [jnp.asarray(t[k], jnp.float32) for k in ("y1", "y2", "x1", "x2", "x_est")]
     p = ({"w": jnp.ones(3)}, {"w": 2 * jnp.ones(3)})
-    f = lambda y1, y2: losses.total_loss(y1, y2, *args[2:], *p, beta_w=0.1, beta_r=0.5)[0]
+    f = lambda y1, y2: losses.total_loss(y1, y2, *args[2:], p, beta_w=0.1, beta_r=0.5)[0]
     eager = f(*args[:2])
     jitted = jax.jit(f)(*args[:2])
     np.testing.assert_allclose(eager, jitted, rtol=1e-6)
