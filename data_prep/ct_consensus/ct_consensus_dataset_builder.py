@@ -32,11 +32,8 @@ from consensus_jax.ct import phantom
 
 #: Full-dose photons per ray of each preset, from `python -m data_prep.ct --calibrate
 #: --config=<name>` (every virtual patient): quarter-dose FBP vs full-dose FBP RMSE of about
-#: 27.6 HU over the image, the paper's FBP row. Measured 2026-11-25 (2-core CPU):
-#: tiny 1.3e4 (suggested 1.31e4; 1.25e4 -> 28.4 HU all / 25.9 test slices),
-#: quick 2.5e4 (suggested 2.57e4; 2.5e4 -> 28.0 HU all / 25.7 test slices),
-#: paper 5e4 (`--calibration_slices 4`: 40 slices; suggested 5.06e4; 5e4 -> 27.8 HU all / 25.4
-#: test slices). The dicom and numpy presets use the paper's value.
+#: 27.6 HU over the image, the paper's FBP row (the sweeps: docs/EXPERIMENTS.md). The dicom and
+#: numpy presets use the paper's value.
 CALIBRATED_PHOTONS = {"tiny": 1.3e4, "quick": 2.5e4, "paper": 5.0e4}
 
 
