@@ -56,8 +56,8 @@ def make_problem(size: int, coils: int, num_center_lines: int, slices: int, seed
     """Simulated knee slices: masked k-space [S, C, H, W], estimated maps, masks [S, W]."""
     from consensus_jax.mri.coils import estimate_sensitivity_maps
     from consensus_jax.mri.masks import Undersampling, sample_masks
-    from consensus_jax.mri.phantom import knee_phantom
     from consensus_jax.mri.simulate import CoilSimulation, simulate_kspace
+    from consensus_jax.phantoms.knee import knee_phantom
 
     images = jnp.asarray(np.stack([knee_phantom(size, seed + s) for s in range(slices)]))
     sim = CoilSimulation(num_coils=coils, snr=100.0)

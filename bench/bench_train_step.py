@@ -11,7 +11,7 @@ Run (PyTorch rows need ``pip install torch==2.13.0``, the CPU wheel; about 5 min
     python -m bench.bench_train_step --sizes=quick,paper --repeats=3 --out=bench/RESULTS.md
 
 The JAX variants (``--variants``) put the library's current defaults next to the implementation
-before issue 6 in the same run. Achieved GFLOP/s come from an analytic count
+before the performance work in the same run. Achieved GFLOP/s come from an analytic count
 (``train_step_flops``: forward multiply-adds x 2 FLOPs x 3 for forward + backward, both networks);
 the peak is the best large GEMM measured at run time (``jnp.dot``, and ``torch.mm`` on CPU) unless
 ``--peak_gflops`` states one. On a GPU (``jax.default_backend() == "gpu"``) the JAX rows are
@@ -60,7 +60,7 @@ VARIANTS = {
 }
 VARIANT_DOC = {
     "default": "library defaults (layer_impl='auto', xla_options.default_compiler_options())",
-    "xla": "before issue 6: flax ConvTranspose + max_pool, XLA's default options",
+    "xla": "before the performance work: flax ConvTranspose + max_pool, XLA's default options",
     "reshape-xladefaults": "layer_impl='reshape' with XLA's default options (YNNPACK convs)",
 }
 

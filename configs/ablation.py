@@ -1,12 +1,11 @@
 """Grids of loss settings for ablation.py (paper Section 2.3: tune beta_w with beta_r = 0, then
 beta_r with beta_w fixed). Each entry: name -> config overrides; seeds come from the command line.
 
-Run: make ablation (loss_terms on configs/ct_quick.py, seeds 0, 1, 2; 13 min on 2 idle cores).
-Measured 2026-11-25 (RMSE HU / SSIM x 100, mean over seeds; vs full-dose FBP | vs noiseless FBP):
-  noise2clean 15.3 / 90.2 | 13.1 / 91.6;  noise2noise 19.6 / 84.9 | 14.9 / 91.2 (both halves
-  17.8 / 86.1 | 12.5 / 93.2);  consensus Ln 17.0 / 86.6 | 12.0 / 92.9;  Ln+Lw 17.0 / 86.6 |
-  12.1 / 92.8;  Ln+Lr 15.8 / 90.2 | 15.1 / 89.2;  Ln+Lw+Lr 15.8 / 90.3 | 15.2 / 89.3;
-  FBP 25.7 / 86.2 | 29.5 / 80.1. Seed std <= 0.5 HU and <= 0.3 SSIM points throughout.
+Run: make ablation (loss_terms on configs/ct_quick.py, seeds 0, 1, 2; 13 min on 2 idle cores,
+2026-11-25); make ablation-mri (methods on configs/mri_quick.py, seeds 0, 1, 2; 17 min).
+Reaches (make ablation; RMSE HU / SSIM x 100 vs the full-dose FBP, mean over seeds): consensus
+Ln 17.0 / 86.6, Ln+Lw+Lr 15.8 / 90.3; noise2clean 15.3 / 90.2; noise2noise 19.6 / 84.9; FBP
+25.7 / 86.2. Every setting and the noiseless-FBP reference: docs/EXPERIMENTS.md.
 """
 
 

@@ -1,21 +1,13 @@
 """CT, CPU-sized: the built-in quick virtual-patient set, a smaller UNet and a few hundred steps.
 
-Deltas from ct_paper.py: base 16, depth 3, 64 x 64 patches, batch 16, and Adam at 1e-3 instead of
-the paper's 1e-4 (NOTES.md: 1e-4 is far too slow for a few hundred steps).
+Deltas from ct_paper.py: base 16, depth 3, 64 x 64 patches, batch 16, 300 steps, and Adam at 1e-3
+instead of the paper's 1e-4, which is far too slow for a few hundred steps (docs/EXPERIMENTS.md).
 
 Run: make demo (prepares the data, trains noise2clean / noise2noise / consensus, evaluates;
-4 min 0 s on 2 idle CPU cores on 2026-11-25: data + TV baselines 115 s, training 32 / 33 / 51 s,
-evaluation 9 s; results/ct_quick/timings.json).
-
-What it reaches (16 test slices of 2 virtual patients, training seed 0, mean +- std over slices;
-RMSE in HU / SSIM in the liver window, x 100), against the full-dose FBP (the paper's protocol):
-  FBP 25.7 / 86.2, TV 27.9 / 83.6, Noise2noise 20.0 / 85.1, Noise2noise (both halves) 18.2 / 86.3,
-  Proposed 16.2 / 90.2, Noise2clean 15.7 / 90.0;
-against the noiseless FBP: FBP 29.5 / 80.1, TV 24.8 / 91.3, Noise2noise 15.6 / 91.1,
-  Noise2noise (both halves) 13.2 / 93.1, Proposed 15.8 / 89.2, Noise2clean 13.8 / 91.2.
-Expected ordering (issue 5) against the full-dose FBP: SSIM proposed > FBP, RMSE proposed < FBP,
-proposed SSIM within 2 points of Noise2clean hold; Noise2noise's SSIM is BELOW FBP's (as in
-NOTES.md), not above it. Seed spread and the loss-term ablation: make ablation (README).
+4 min 0 s on 2 idle CPU cores, 2026-11-25; results/ct_quick/timings.json).
+Reaches (16 test slices, seed 0; RMSE HU / SSIM x 100 vs the full-dose FBP): FBP 25.7 / 86.2,
+Noise2noise 20.0 / 85.1, Proposed 16.2 / 90.2, Noise2clean 15.7 / 90.0. Every column, the
+noiseless-FBP reference and the 3-seed ablation (make ablation): docs/EXPERIMENTS.md.
 """
 
 from configs import ct_paper

@@ -18,8 +18,8 @@ Run (GPU-sized: 512 slices x 40 patches / 40 = 512 steps per epoch, 51,200 steps
   python evaluate.py --runs=work_dirs/mri_paper/consensus,work_dirs/mri_paper/noise2noise,\
 work_dirs/mri_paper/noise2clean --out=results/mri_paper
 Expected: the ordering of the paper's Table 2 (RMSE and SSIM: Noise2clean > Proposed >
-Noise2noise > Zero-filling, SENSE). Not yet run at this size: no paper-size numbers exist for
-the built-in knees; the CPU-sized variant and what it reaches are in configs/mri_quick.py.
+Noise2noise > Zero-filling, SENSE). Measured runs of the CPU-sized variant (configs/mri_quick.py):
+docs/EXPERIMENTS.md.
 """
 
 import ml_collections

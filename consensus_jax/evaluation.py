@@ -5,7 +5,7 @@ Zero-filling, SENSE, Noise2noise, Proposed, Noise2clean; plus "Noise2noise (both
 Noise2noise network applied to both halves and averaged. Rows give mean +- std over test slices.
 CT is scored against the full-dose FBP (the paper's protocol), against the FBP of noiseless
 projections (the clean image at the reconstruction's own resolution) and, secondary, against the
-source image.
+source image (the Hann filter's blur alone sets an RMSE floor there).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-platform XLA compile options for the jitted train step (issue 6, see bench/PERF_LOG.md).
+"""Per-platform XLA compile options for the jitted train step (measured: bench/PERF_LOG.md).
 
 The options are passed to ``jax.jit(..., compiler_options=...)`` of one function, never through the
 process-wide ``XLA_FLAGS``: importing the library changes nothing, and every other jitted function

@@ -17,6 +17,7 @@ from consensus_jax.ct.dose import (
 )
 from consensus_jax.ct.geometry import Ellipse, ImageGrid, ParallelBeamGeometry, ellipse_image
 from consensus_jax.ct.simulate import (
+    consensus_inputs,
     default_noise_mask,
     low_dose_noise_hu,
     simulate_sinograms,
@@ -160,6 +161,28 @@ def test_simulate_slice_images_and_noise_structure(water_slice):
     assert dose_noise.correlation == pytest.approx(0.5, abs=0.08)
     # Halves have twice the variance of x_est (half the views).
     assert odd_even_noise.std_n1 == pytest.approx(np.sqrt(2) * dose_noise.std_n2, rel=0.1)
+
+
+def test_consensus_inputs_from_a_scan(water_slice):
+    geometry, hu = water_slice
+    key_noise, key_split = jax.random.split(jax.random.key(8))
+    scans = simulate_sinograms(hu, geometry, 5e3, key_noise)
+    out = consensus_inputs(scans["p_low"], key_split, geometry)
+    assert set(out) == {"x1", "x2", "x_est"}
+    # FBP is linear and each odd/even half is normalised by its own (equal) number of views, so
+    # the FBP of all views is the mean of the halves' FBPs.
+    np.testing.assert_allclose(np.asarray(out["x_est"]),
+                               0.5 * (np.asarray(out["x1"]) + np.asarray(out["x2"])), atol=2e-4)
+    # simulate_slice is the simulated scan followed by consensus_inputs with the same keys.
+    full = simulate_slice(hu, geometry, 5e3, jax.random.key(8))
+    refs = consensus_inputs(scans["p_low"], key_split, geometry, p_full=scans["p_full"],
+                            p_clean=scans["p_clean"])
+    for name in ("x1", "x2", "x_est", "x_full", "x_clean"):
+        np.testing.assert_array_equal(np.asarray(refs[name]), np.asarray(full[name]))
+    with pytest.raises(ValueError, match="views, detectors"):
+        consensus_inputs(scans["p_low"][:, :-1], key_split, geometry)
+    with pytest.raises(ValueError, match="p_full"):
+        consensus_inputs(scans["p_low"], key_split, geometry, p_full=scans["p_full"][None])
 
 
 def test_simulation_is_deterministic_and_noise_scales_with_dose(water_slice):

@@ -7,8 +7,8 @@ import pytest
 
 from consensus_jax.mri.coils import acs_window, coil_combine, estimate_sensitivity_maps
 from consensus_jax.mri.fft import fft2c
-from consensus_jax.mri.phantom import knee_phantom
 from consensus_jax.mri.simulate import birdcage_maps
+from consensus_jax.phantoms.knee import knee_phantom
 
 SIZE, COILS, CENTER = 64, 8, 16
 

@@ -8,9 +8,9 @@ from consensus_jax.mri.coils import coil_combine
 from consensus_jax.mri.diagnostics import split_bias, split_noise_statistics
 from consensus_jax.mri.fft import fft2c, ifft2c
 from consensus_jax.mri.masks import Undersampling, sample_mask
-from consensus_jax.mri.phantom import knee_phantom
 from consensus_jax.mri.simulate import birdcage_maps
 from consensus_jax.mri.split import split_kspace
+from consensus_jax.phantoms.knee import knee_phantom
 
 SIZE, COILS = 64, 4
 US = Undersampling(4.0, 8)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from consensus_jax.mri.masks import Undersampling, center_lines
-from consensus_jax.mri.phantom import knee_phantom
 from consensus_jax.mri.pipeline import ConsensusMRIConfig, consensus_inputs, from_channels
 from consensus_jax.mri.simulate import CoilSimulation, simulate_kspace, simulate_slice
+from consensus_jax.phantoms.knee import knee_phantom
 
 SIZE, SLICES, CENTER = 64, 3, 16
 COILS = CoilSimulation(num_coils=8, snr=100.0)

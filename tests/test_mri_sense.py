@@ -8,9 +8,9 @@ import pytest
 from consensus_jax.mri.coils import coil_combine
 from consensus_jax.mri.fft import fft2c, ifft2c
 from consensus_jax.mri.masks import Undersampling, sample_mask
-from consensus_jax.mri.phantom import knee_phantom
 from consensus_jax.mri.sense import cg_sense, sense_adjoint, sense_forward
 from consensus_jax.mri.simulate import birdcage_maps
+from consensus_jax.phantoms.knee import knee_phantom
 
 
 def _centred_dft(n: int) -> np.ndarray:

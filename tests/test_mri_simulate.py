@@ -1,6 +1,4 @@
-"""Built-in data: knee phantom, coil maps, noise level, MNI152 slices (optional)."""
-
-import sys
+"""Simulated acquisition: coil maps, smooth phase, noise level, k-space of an image."""
 
 import jax
 import jax.numpy as jnp
@@ -9,41 +7,13 @@ import pytest
 
 from consensus_jax.mri.coils import coil_combine
 from consensus_jax.mri.fft import fft2c, ifft2c
-from consensus_jax.mri.phantom import knee_phantom, mni152_slices
 from consensus_jax.mri.simulate import (
     CoilSimulation,
     birdcage_maps,
     simulate_kspace,
     smooth_phase,
 )
-
-
-def test_knee_phantom_is_deterministic_and_varies_with_seed():
-    a, b, c = knee_phantom(96, 0), knee_phantom(96, 0), knee_phantom(96, 1)
-    np.testing.assert_array_equal(a, b)
-    assert np.abs(a - c).mean() > 0.02
-    assert a.dtype == np.float32 and a.shape == (96, 96)
-    assert 0.0 <= a.min() and a.max() == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize("size", [64, 100])
-def test_knee_phantom_has_anatomy_and_fine_structure(size):
-    img = knee_phantom(size, 2)
-    assert img.shape == (size, size)
-    # Air on both sides of the leg, tissue in the middle.
-    assert img[:, :2].max() < 0.02 and img[:, -2:].max() < 0.02
-    obj = img > 0.02
-    assert 0.4 < obj.mean() < 0.9
-    # Several tissues: dark (cortex, tendons, menisci), muscle, cartilage/marrow, fat.
-    levels = np.histogram(img[obj], bins=10, range=(0, 1))[0] / obj.sum()
-    assert (levels > 0.02).sum() >= 5
-    # Fine structures: a noticeable share of k-space energy lies outside the 16 central
-    # phase-encode lines, so undersampling there matters.
-    k = np.fft.fftshift(np.fft.fft2(img))
-    col_energy = (np.abs(k) ** 2).sum(axis=0)
-    outer = np.ones(size, bool)
-    outer[size // 2 - 8:size // 2 + 8] = False
-    assert col_energy[outer].sum() / col_energy.sum() > 0.01
+from consensus_jax.phantoms.knee import knee_phantom
 
 
 def test_birdcage_maps_are_normalised_smooth_and_distinct():
@@ -89,20 +59,3 @@ def test_smooth_phase_is_smooth_and_keyed():
 def test_bad_coil_simulation_is_rejected(kwargs):
     with pytest.raises(ValueError):
         CoilSimulation(**kwargs)
-
-
-def test_mni152_without_nilearn_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "nilearn", None)
-    monkeypatch.setitem(sys.modules, "nilearn.datasets", None)
-    with pytest.raises(ImportError, match=r"pip install \.\[mri-data\]"):
-        mni152_slices(32)
-
-
-def test_mni152_slices_offline():
-    pytest.importorskip("nilearn")
-    slices = mni152_slices(48, slice_indices=[70, 90])
-    assert slices.shape == (2, 48, 48) and slices.dtype == np.float32
-    assert slices.max() == pytest.approx(1.0) and slices.min() >= 0.0
-    assert slices[:, 0, :].max() < 0.05  # background above the head
-    with pytest.raises(ValueError, match="outside"):
-        mni152_slices(48, slice_indices=[500])

@@ -10,9 +10,9 @@ import pytest
 from consensus_jax.mri.coils import coil_combine
 from consensus_jax.mri.fft import ifft2c
 from consensus_jax.mri.masks import Undersampling, center_lines, sample_mask, sample_masks
-from consensus_jax.mri.phantom import knee_phantom
 from consensus_jax.mri.simulate import birdcage_maps
 from consensus_jax.mri.split import half_amplification, half_weights, split_kspace, split_mask
+from consensus_jax.phantoms.knee import knee_phantom
 
 SIZE, COILS, CENTER = 64, 4, 8
 US = Undersampling(4.0, CENTER)

@@ -13,16 +13,16 @@ cosine-weighted ``R(gamma) D cos(gamma)``, convolved with
 resampled onto a fine grid uniform in ``tan(gamma)`` and pre-multiplied by ``cos^2(gamma)``: a
 pixel at lateral offset ``u`` and depth ``w`` from the source then needs ``tan(gamma') = u / w``
 and ``1 / L^2 = cos^2(gamma') / w^2`` (one division) instead of an arctangent, which XLA evaluates
-about 8x slower than a division on CPU.
+far more slowly than a division on CPU (see docs/EXPERIMENTS.md).
 
 Backprojection (both geometries) is pixel-driven: for each view, every pixel reads the view's
 filtered projection at its detector position from a table oversampled ``fine_oversampling``
 times (linear interpolation between channels, then the nearest table sample), one gather per
 pixel and view; views run in a ``lax.fori_loop``, chunked so the tables are built once per view,
 and views a quarter turn apart share each pixel's position and weight (one gather reads their
-four interleaved tables). Measured alternatives that were slower on the 2-core CPU: two gathers
-with exact linear interpolation (1.7x), a polynomial arctangent with channel-uniform tables
-(1.15x), and cache tiling of the image (no gain).
+four interleaved tables). Alternatives that measured slower on CPU (two gathers with exact
+linear interpolation, a polynomial arctangent with channel-uniform tables, cache tiling of the
+image): see docs/EXPERIMENTS.md.
 
 Units: sinograms are dimensionless line integrals; images are attenuation in 1/mm.
 """

@@ -5,6 +5,10 @@ reconstructed by Hann-filtered FBP, giving ``x1 = x + n1`` and ``x2 = x + n2``; 
 FBP of all views is ``x_est``; the full-dose FBP ``x_full`` is the paper's reference. The FBP of the
 noiseless projections (``x_clean``) and the source image (``x_true``) are kept as extra references.
 All images are returned in HU / 1000, the networks' input scale.
+
+``consensus_inputs`` takes a scan to these images (the entry point of the same name as
+``consensus_jax.mri.pipeline.consensus_inputs``); ``simulate_slice`` first simulates the scan
+from an HU image.
 """
 
 from __future__ import annotations
@@ -71,12 +75,68 @@ def _to_hu_over_1000(mu: jax.Array, mu_water: float) -> jax.Array:
     return mu / mu_water - 1.0
 
 
+def consensus_inputs(p_low: jax.Array, key: jax.Array, geometry: Geometry,
+                     p_full: jax.Array | None = None, p_clean: jax.Array | None = None,
+                     split: str = "odd_even", split_options: dict | None = None,
+                     mu_water: float = MU_WATER_PER_MM, window: str = "hann",
+                     cutoff: float = 1.0) -> dict[str, jax.Array]:
+    """Raw scan -> the split inputs x1, x2, x_est and the references (paper, Sec. 3.1).
+
+    Splits the low-dose views into two halves and reconstructs each half, and all views, by FBP;
+    the full-dose and noiseless scans, when given, are reconstructed the same way as references.
+
+    Args:
+      p_low: [views, detectors] or [B, views, detectors] post-log low-dose sinogram (the scan).
+      key: jax.random key of the view split; one split is drawn per call and shared by every
+        slice of a batch.
+      geometry: scan geometry (ParallelBeamGeometry, or FanBeamGeometry for the scanner).
+      p_full: optional full-dose sinogram, shaped like ``p_low`` -> ``x_full``.
+      p_clean: optional noiseless sinogram, shaped like ``p_low`` -> ``x_clean``.
+      split: a name registered in ``consensus_jax.ct.split`` ("odd_even", "random_pairwise",
+        "k_fold_interleaved"); ``split_options`` are passed to it.
+      mu_water: water attenuation in 1/mm (mu -> HU).
+      window, cutoff: FBP filter window and cutoff (fraction of Nyquist).
+
+    Returns:
+      float32 images [H, W] or [B, H, W] in HU / 1000: ``x1``, ``x2`` (low-dose FBP of each half
+      of the views, each normalised by its own number of views), ``x_est`` (low-dose FBP of all
+      views), and ``x_full`` (full-dose FBP, the paper's reference) and ``x_clean`` (FBP of the
+      noiseless projections) when their sinograms are given.
+    """
+    expected = (geometry.num_views, geometry.num_detectors)
+    for name, p in (("p_low", p_low), ("p_full", p_full), ("p_clean", p_clean)):
+        if p is not None and (p.ndim not in (2, 3) or tuple(p.shape[-2:]) != expected
+                              or p.shape != p_low.shape):
+            raise ValueError(f"{name}: expected [views, detectors] or [B, views, detectors] like "
+                             f"p_low {tuple(p_low.shape)}, with (views, detectors) = {expected} "
+                             f"from the geometry; got shape {tuple(p.shape)}. Pass sinograms "
+                             "of this geometry, or the geometry they were scanned with.")
+    half1, half2 = get_split(split, **(split_options or {}))(geometry.num_views, key)
+
+    def recon(p, geom):
+        return _to_hu_over_1000(fbp(p, geom, window=window, cutoff=cutoff), mu_water)
+
+    out = {
+        "x1": recon(p_low[..., half1, :], geometry.subset(half1)),
+        "x2": recon(p_low[..., half2, :], geometry.subset(half2)),
+        "x_est": recon(p_low, geometry),
+    }
+    if p_full is not None:
+        out["x_full"] = recon(p_full, geometry)
+    if p_clean is not None:
+        out["x_clean"] = recon(p_clean, geometry)
+    return out
+
+
 def simulate_slice(hu_image: jax.Array, geometry: Geometry, photons_per_ray: float,
                    key: jax.Array, dose_fraction: float = 0.25, split: str = "odd_even",
                    split_options: dict | None = None, electronic_noise_counts: float = 0.0,
                    mu_water: float = MU_WATER_PER_MM, window: str = "hann",
                    cutoff: float = 1.0) -> dict[str, jax.Array]:
     """The paper's images for one slice (or a batch of slices) of a simulated low-dose scan.
+
+    HU image -> noiseless, full- and low-dose sinograms (``simulate_sinograms``) -> the split
+    inputs and references (``consensus_inputs``), plus the source image.
 
     Args:
       hu_image: [H, W] or [B, H, W] source image in HU on ``geometry.image``.
@@ -85,35 +145,24 @@ def simulate_slice(hu_image: jax.Array, geometry: Geometry, photons_per_ray: flo
       key: jax.random key; outputs are deterministic given it. One view split is drawn per call
         and shared by every slice of a batch.
       dose_fraction: low dose / full dose (0.25: quarter dose).
-      split: a name registered in ``consensus_jax.ct.split`` ("odd_even", "random_pairwise",
-        "k_fold_interleaved"); ``split_options`` are passed to it.
+      split, split_options: the view split, as in ``consensus_inputs``.
       electronic_noise_counts: std of the additive electronic noise, counts.
       mu_water: water attenuation in 1/mm (HU <-> mu).
       window, cutoff: FBP filter window and cutoff (fraction of Nyquist).
 
     Returns:
-      float32 images in HU / 1000, each shaped like ``hu_image``:
-      ``x1``, ``x2`` (low-dose FBP of each half of the views, each normalised by its own number
-      of views), ``x_est`` (low-dose FBP of all views), ``x_full`` (full-dose FBP),
-      ``x_clean`` (FBP of the noiseless projections), ``x_true`` (``hu_image / 1000``).
+      float32 images in HU / 1000, each shaped like ``hu_image``: ``x1``, ``x2``, ``x_est``,
+      ``x_full``, ``x_clean`` (as in ``consensus_inputs``) and ``x_true`` (``hu_image / 1000``).
     """
     key_noise, key_split = jax.random.split(key)
     sinograms = simulate_sinograms(hu_image, geometry, photons_per_ray, key_noise,
                                    dose_fraction, electronic_noise_counts, mu_water)
-    half1, half2 = get_split(split, **(split_options or {}))(geometry.num_views, key_split)
-    p_low = sinograms["p_low"]
-
-    def recon(p, geom):
-        return _to_hu_over_1000(fbp(p, geom, window=window, cutoff=cutoff), mu_water)
-
-    return {
-        "x1": recon(p_low[..., half1, :], geometry.subset(half1)),
-        "x2": recon(p_low[..., half2, :], geometry.subset(half2)),
-        "x_est": recon(p_low, geometry),
-        "x_full": recon(sinograms["p_full"], geometry),
-        "x_clean": recon(sinograms["p_clean"], geometry),
-        "x_true": jnp.asarray(hu_image, jnp.float32) / 1000.0,
-    }
+    out = consensus_inputs(sinograms["p_low"], key_split, geometry, p_full=sinograms["p_full"],
+                           p_clean=sinograms["p_clean"], split=split,
+                           split_options=split_options, mu_water=mu_water, window=window,
+                           cutoff=cutoff)
+    out["x_true"] = jnp.asarray(hu_image, jnp.float32) / 1000.0
+    return out
 
 
 def default_noise_mask(geometry: Geometry) -> np.ndarray:

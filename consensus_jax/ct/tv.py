@@ -15,8 +15,8 @@ Two primal-dual solvers (Chambolle & Pock 2011), chosen by ``method``:
   FFT. The primal step is the proximal map of ``tau lambda TV + [mu >= 0]``, solved by a few
   warm-started fast gradient projection (FGP, Beck & Teboulle 2009) iterations on the image's
   dual field; they cost far less than one projection. Steps: ``tau s ||R^1/2 W^1/2 A||^2 < 1``.
-  From the FBP, 20-30 iterations reach the converged image to < 1 HU (numbers in
-  ``tv_reconstruct``), where the plain scheme is still tens of HU away after 100.
+  From the FBP, 20-30 iterations reach the converged image to < 1 HU on the quick preset, where
+  the plain scheme is still tens of HU away after 100 (measured: see docs/EXPERIMENTS.md).
 - ``"plain"``: PDHG with ``K = [A; c grad]``, scalar steps ``sigma = tau = 0.99 / ||K||`` and
   ``c = ||A|| / sqrt(8)``; kept as the reference the tests compare against. Warm-started from the
   FBP it is not monotone: the data dual starts at 0 and integrates the residual over ~1/sigma
@@ -45,9 +45,8 @@ DEFAULT_DUAL_STEP = 4.0
 """``s`` of the ramp method, dimensionless: the data dual step at the detector's Nyquist frequency
 (``R = 1`` there). Larger ``s`` means smaller primal steps and a dual that follows the residual
 closely (proximal-gradient-like, monotone); smaller ``s`` lets the dual integrate the residual.
-Fewest iterations to 1 HU on 128 and 256 px quick-preset fan-beam slices: ``s`` = 4-8 at lambda
-0.7x-3.6x ``default_lambda_centre`` (4 at the chosen lambdas), 2 at 0.1x; near plain least
-squares (lambda -> 0) 0.25-0.5 is several times faster than 4."""
+4 took the fewest iterations to 1 HU at the lambdas chosen on quick-preset slices; near plain
+least squares (lambda -> 0) smaller steps converge faster (measured: see docs/EXPERIMENTS.md)."""
 LAMBDA_GRID_FACTOR = float(np.sqrt(10.0))
 _FILTERED_POWER_ITERATIONS = 100
 
@@ -190,11 +189,8 @@ def tv_reconstruct(sinograms: jax.Array, geometry: Geometry, lam: float, num_ite
                    inner_iterations: int = 10) -> tuple[jax.Array, jax.Array]:
     """TV-regularised reconstruction with a fixed number of primal-dual iterations.
 
-    Measured on a 256 px fan-beam test slice of the quick preset (1152 views, 368 channels),
-    from the quarter-dose FBP: RMSE (HU) to the converged image after 10 / 20 / 30 / 50
-    iterations, ramp method: 2.7 / 0.6 / 0.3 / 0.2 at lambda = 10 mm and 2.2 / 0.8 / 0.6 / 0.5
-    at 30 mm; plain: 74 / 87 / 62 / 65 (35 after 100) at 10 mm. Both cost one forward and one
-    back projection per iteration (~0.2 s per 256 px slice on 2 CPU cores).
+    Both methods cost one forward and one back projection per iteration; how close each gets to
+    the converged image after 10-100 iterations from the FBP: see docs/EXPERIMENTS.md.
 
     Args:
       sinograms: [B, views, detectors] post-log line integrals (e.g. the quarter-dose scan).

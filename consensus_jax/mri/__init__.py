@@ -4,8 +4,9 @@ Array convention: ``[..., coils, H, W]`` with H the readout (kx) axis and W the 
 (ky) axis; masks are ``[..., W]``. Modules: ``fft`` (centred orthonormal FFTs), ``masks``
 (random Cartesian masks), ``split`` (the consensus split into two zero-mean halves), ``coils``
 (ACS sensitivity maps, coil combination), ``sense`` (CG-SENSE), ``pipeline`` (k-space -> x1, x2,
-x_est, references), ``simulate`` and ``phantom`` (built-in multi-coil data), ``fastmri`` (the
-NYU knee HDF5 reader), ``diagnostics`` (split checks).
+x_est, references), ``simulate`` (built-in multi-coil data from images), ``fastmri`` (the NYU
+knee HDF5 reader), ``diagnostics`` (split checks). The built-in images are in
+``consensus_jax.phantoms`` (``knee``, ``mni``).
 """
 
 from consensus_jax.mri.coils import coil_combine, estimate_sensitivity_maps

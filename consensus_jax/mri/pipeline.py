@@ -102,7 +102,11 @@ def consensus_inputs(kspace: Array, key: Array, config: ConsensusMRIConfig,
                      kspace_clean: Array | None = None,
                      acquired: tuple[int, int] | None = None,
                      return_maps: bool = False) -> dict[str, Array]:
-    """Masks, splits and reconstructs fully sampled k-space into the consensus inputs.
+    """Raw scan -> the split inputs x1, x2, x_est and the references (paper, Sec. 3.1).
+
+    Masks the fully sampled k-space 4x, splits the sampled outer lines into two halves and
+    reconstructs each half, the undersampled data (SENSE, zero-filling) and the fully sampled
+    reference with the same estimated coil maps.
 
     Args:
       kspace: complex [C, kx, ky] (one slice) or [S, C, kx, ky] (S slices, a different mask

@@ -1,6 +1,6 @@
 """Simulated multi-coil k-space from magnitude images (built in; nothing is downloaded).
 
-A magnitude image (``phantom.knee_phantom`` or ``phantom.mni152_slices``) gets a smooth random
+A magnitude image (``phantoms.knee_phantom`` or ``phantoms.mni152_slices``) gets a smooth random
 phase, is weighted by simulated receive-coil sensitivities (magnetic dipoles, i.e. small loops, on
 a ring around the FOV, the Biot-Savart field of each loop; normalised so that the
 root-sum-of-squares is 1 at every pixel), Fourier transformed and corrupted by complex Gaussian
@@ -125,7 +125,7 @@ def simulate_slice(image: Array, key: Array, coils: CoilSimulation | None = None
     """Simulated consensus inputs for one image [H, W] or a batch [S, H, W].
 
     Args:
-      image: magnitude float [H, W] or [S, H, W] (e.g. ``phantom.knee_phantom``).
+      image: magnitude float [H, W] or [S, H, W] (e.g. ``phantoms.knee_phantom``).
       key: PRNG key (phase, noise, mask and split; split per slice).
       coils: simulated coils and noise (None: ``CoilSimulation()``, 8 coils, SNR 100; knee
         setting: ``CoilSimulation(num_coils=15)``).

@@ -6,7 +6,7 @@ the paper's reference), the FBP of the noiseless projections (x_clean) and the s
 (x_true), in HU / 1000, plus patient and slice ids. Train/test are split by patient.
 
 Sources (``CtConfig.source``):
-  * ``phantom``: built-in procedural abdomen virtual patients (consensus_jax.ct.phantom).
+  * ``phantom``: built-in procedural abdomen virtual patients (consensus_jax.phantoms.abdomen).
   * ``dicom``: ``--manual_dir`` holds one sub-folder of CT DICOM files per patient (e.g. the
     full-dose images of the LDCT Grand Challenge / TCIA LDCT-and-Projection-data).
   * ``numpy``: ``--manual_dir`` holds one .npy/.npz stack in HU per patient.
@@ -28,15 +28,12 @@ import tensorflow_datasets as tfds
 from consensus_jax import features
 from consensus_jax.ct import geometry as ct_geometry
 from consensus_jax.ct import io as ct_io
-from consensus_jax.ct import phantom
+from consensus_jax.phantoms import abdomen
 
 #: Full-dose photons per ray of each preset, from `python -m data_prep.ct --calibrate
 #: --config=<name>` (every virtual patient): quarter-dose FBP vs full-dose FBP RMSE of about
-#: 27.6 HU over the image, the paper's FBP row. Measured 2026-11-25 (2-core CPU):
-#: tiny 1.3e4 (suggested 1.31e4; 1.25e4 -> 28.4 HU all / 25.9 test slices),
-#: quick 2.5e4 (suggested 2.57e4; 2.5e4 -> 28.0 HU all / 25.7 test slices),
-#: paper 5e4 (`--calibration_slices 4`: 40 slices; suggested 5.06e4; 5e4 -> 27.8 HU all / 25.4
-#: test slices). The dicom and numpy presets use the paper's value.
+#: 27.6 HU over the image, the paper's FBP row (the sweeps: docs/EXPERIMENTS.md). The dicom and
+#: numpy presets use the paper's value.
 CALIBRATED_PHOTONS = {"tiny": 1.3e4, "quick": 2.5e4, "paper": 5.0e4}
 
 
@@ -77,7 +74,7 @@ class CtConfig(tfds.core.BuilderConfig):
 
     @property
     def grid_pixel_size_mm(self) -> float:
-        return self.pixel_size_mm or phantom.default_pixel_size_mm(self.size_px)
+        return self.pixel_size_mm or abdomen.default_pixel_size_mm(self.size_px)
 
     def scan_geometry(self) -> ct_geometry.FanBeamGeometry | ct_geometry.ParallelBeamGeometry:
         grid = ct_geometry.ImageGrid(self.size_px, self.grid_pixel_size_mm)
@@ -162,7 +159,7 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
     if n_train < 1 or n_test < 1:
         raise ValueError(f"Need >= 1 training and >= 1 test patient, got {n_train} and {n_test}.")
     if config.source == "phantom":
-        total = phantom.ABDOMEN_LENGTH_MM / phantom.SLICE_SPACING_MM
+        total = abdomen.ABDOMEN_LENGTH_MM / abdomen.SLICE_SPACING_MM
         rng = np.random.default_rng([config.seed, 7])
         out = []
         for i in range(n_train + n_test):
@@ -212,7 +209,7 @@ def load_slices(config: CtConfig, source: PatientSource) -> np.ndarray:
     grid_mm = config.grid_pixel_size_mm
     if config.source == "phantom":
         seed = int(source.location)
-        return np.asarray(phantom.virtual_patient(seed, max(source.slice_indices) + 1,
+        return np.asarray(abdomen.virtual_patient(seed, max(source.slice_indices) + 1,
                                                   config.size_px, grid_mm,
                                                   slice_indices=source.slice_indices))
     volume = _read_volume(config, Path(source.location))

@@ -10,9 +10,9 @@ and divided by one per-slice ``scale`` that maps x_est into [-1, 1]; stored as (
 channels. Train/test are split by patient.
 
 Sources (``MriConfig.source``):
-  * ``phantom``: built-in procedural sagittal knees (consensus_jax.mri.phantom.knee_phantom). A
-    patient is a seed; its slices are the same knee warped smoothly with the slice position
-    (``virtual_knee``), so slices of one patient are related and patients differ.
+  * ``phantom``: built-in procedural sagittal knees (consensus_jax.phantoms.knee). A patient is a
+    seed; its slices are the same knee warped smoothly with the slice position (``virtual_knee``),
+    so slices of one patient are related and patients differ.
   * ``mni``: axial slices of the MNI152 T1 template shipped in nilearn (``pip install -e
     .[mri-data]``). There is one template brain: a patient is a block of adjacent template slices,
     so train and test patients are different levels of the same brain.
@@ -37,14 +37,12 @@ from consensus_jax import features
 from consensus_jax.mri.masks import Undersampling
 from consensus_jax.mri.pipeline import ConsensusMRIConfig
 from consensus_jax.mri.simulate import CoilSimulation
+from consensus_jax.phantoms.knee import virtual_knee
+from consensus_jax.phantoms.mni import mni152_slices
 
 SOURCES = ("phantom", "mni", "fastmri")
 #: Axial range of the MNI152 template (1 mm slices) split into "patients": the cerebrum.
 MNI_Z_RANGE = (40, 141)
-#: Largest in-plane displacement of the knee warp at the outermost slices, in FOV half-widths.
-KNEE_WARP_AMPLITUDE = 0.03
-#: Relative anterior-posterior shrink of the leg at the outermost slices of a virtual knee.
-KNEE_SHRINK = 0.15
 
 
 @dataclasses.dataclass(eq=False)
@@ -287,59 +285,12 @@ def fit_width(kspace: np.ndarray, acquired: tuple[int, int], width: int, source:
     return out, new_acquired
 
 
-def virtual_knee(seed: int, num_slices: int, size_px: int) -> np.ndarray:
-    """A stack of related sagittal knee slices, float32 [num_slices, size_px, size_px] in [0, 1].
-
-    The knee of ``knee_phantom(., seed)`` is warped with the slice position t in [-1, 1]
-    (medial to lateral): the leg narrows anterior-posteriorly by up to ``KNEE_SHRINK`` towards
-    the outer slices, and a smooth random displacement ``t D1 + t^2 D2`` (fields fixed per seed,
-    up to ``KNEE_WARP_AMPLITUDE`` FOV half-widths) moves the anatomy, so neighbouring slices
-    differ a little and slices far apart differ more. Computed at twice the resolution and
-    averaged down 2 x 2.
-    """
-    from scipy.ndimage import map_coordinates
-
-    from consensus_jax.mri.phantom import knee_phantom
-
-    n = 2 * size_px
-    base = knee_phantom(n, seed).astype(np.float64)
-    rng = np.random.default_rng([seed, 17])
-    coords = (np.arange(n) + 0.5) / n * 2.0 - 1.0
-    v, u = np.meshgrid(coords, coords, indexing="ij")
-
-    def smooth_field() -> np.ndarray:
-        # Low-order trigonometric field: displacements vary over a third of the FOV or more.
-        field = np.zeros_like(u)
-        for a in range(3):
-            for b in range(3):
-                c = rng.standard_normal(2)
-                field += (c[0] * np.cos(np.pi * (a * u + b * v) / 2)
-                          + c[1] * np.sin(np.pi * (a * u + b * v) / 2)) / (1 + a + b)
-        return field / np.abs(field).max()
-
-    d1 = [smooth_field() for _ in range(2)]
-    d2 = [smooth_field() for _ in range(2)]
-    positions = np.linspace(-1.0, 1.0, num_slices) if num_slices > 1 else np.zeros(1)
-    out = np.empty((num_slices, size_px, size_px), np.float32)
-    for i, t in enumerate(positions):
-        amp = KNEE_WARP_AMPLITUDE
-        src_u = u / (1.0 - KNEE_SHRINK * t**2) + amp * (t * d1[0] + t**2 * d2[0])
-        src_v = v + amp * (t * d1[1] + t**2 * d2[1])
-        rows = (src_v + 1.0) / 2.0 * n - 0.5
-        cols = (src_u + 1.0) / 2.0 * n - 0.5
-        img = map_coordinates(base, [rows, cols], order=1, mode="constant", cval=0.0)
-        out[i] = img.reshape(size_px, 2, size_px, 2).mean(axis=(1, 3))
-    return np.clip(out, 0.0, 1.0)
-
-
 def load_images(config: MriConfig, source: PatientSource) -> np.ndarray:
     """[S, H, W] magnitude images (0..1) of a built-in patient's slices."""
     if config.source == "phantom":
         stack = virtual_knee(int(source.location), max(source.slice_indices) + 1, config.height_px)
         return stack[list(source.slice_indices)]
     if config.source == "mni":
-        from consensus_jax.mri.phantom import mni152_slices
-
         return mni152_slices(config.height_px, source.slice_indices)
     raise ValueError(f"load_images is for the built-in sources, not {config.source!r}.")
 

@@ -1,4 +1,4 @@
-"""Built-in magnitude images for the MRI simulation; nothing is downloaded.
+"""The built-in MRI patients: procedural sagittal knees, as single images and as related stacks.
 
 - ``knee_phantom``: a procedural sagittal knee in the style of a proton-density turbo spin echo
   slice (the paper's NYU knee data): subcutaneous fat, striated muscle, femur, tibia and patella
@@ -6,17 +6,20 @@
   Hoffa's fat pad and popliteal vessels, with smooth random intensity fields. Deterministic per
   seed, any size (64-320 px and beyond). Orientation: anterior on the left (small column index),
   superior at the top (small row index); the phase-encode axis is W (columns).
-- ``mni152_slices``: axial slices of the MNI152 T1 template shipped inside the nilearn wheel
-  (optional ``mri-data`` extra: ``pip install .[mri-data]``).
+- ``virtual_knee``: a virtual patient, the knee of one seed warped smoothly with the slice
+  position, so slices of one patient are related and patients differ.
 
-Data-generation code: numpy with explicit seeds (not jit-compiled).
+Data-generation code: numpy with explicit seeds (not jit-compiled); nothing is downloaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+
+#: Largest in-plane displacement of the knee warp at the outermost slices, in FOV half-widths.
+KNEE_WARP_AMPLITUDE = 0.03
+#: Relative anterior-posterior shrink of the leg at the outermost slices of a virtual knee.
+KNEE_SHRINK = 0.15
 
 _SUPERSAMPLE = 2
 
@@ -167,42 +170,44 @@ def knee_phantom(size_px: int, seed: int) -> np.ndarray:
     return np.clip(img / max(img.max(), 1e-12), 0.0, 1.0).astype(np.float32)
 
 
-def mni152_slices(size_px: int, slice_indices: Sequence[int] | None = None,
-                  num_slices: int = 8) -> np.ndarray:
-    """Axial slices of the 1 mm MNI152 T1 template (nilearn wheel), float32 [N, size, size], 0..1.
+def virtual_knee(seed: int, num_slices: int, size_px: int) -> np.ndarray:
+    """A stack of related sagittal knee slices, float32 [num_slices, size_px, size_px] in [0, 1].
 
-    Args:
-      size_px: output size; the 233 x 197 mm slice is zero-padded to square and resampled.
-      slice_indices: axial (z) indices into the 189-slice volume; default ``num_slices`` evenly
-        spaced between z = 40 and z = 140 (cerebrum).
-      num_slices: used when ``slice_indices`` is None.
-
-    Raises:
-      ImportError: nilearn is missing (install the ``mri-data`` extra).
+    The knee of ``knee_phantom(., seed)`` is warped with the slice position t in [-1, 1]
+    (medial to lateral): the leg narrows anterior-posteriorly by up to ``KNEE_SHRINK`` towards
+    the outer slices, and a smooth random displacement ``t D1 + t^2 D2`` (fields fixed per seed,
+    up to ``KNEE_WARP_AMPLITUDE`` FOV half-widths) moves the anatomy, so neighbouring slices
+    differ a little and slices far apart differ more. Computed at twice the resolution and
+    averaged down 2 x 2.
     """
-    try:
-        from nilearn.datasets import load_mni152_template
-    except ImportError as err:
-        raise ImportError(
-            "mni152_slices needs nilearn, which ships the MNI152 template in its wheel: "
-            "`pip install .[mri-data]` (or `pip install nilearn`), or use knee_phantom."
-        ) from err
-    import jax
+    from scipy.ndimage import map_coordinates
 
-    volume = np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32)
-    depth = volume.shape[2]
-    if slice_indices is None:
-        slice_indices = np.linspace(40, 140, num_slices).round().astype(int)
-    bad = [int(z) for z in slice_indices if not 0 <= int(z) < depth]
-    if bad:
-        raise ValueError(f"slice_indices {bad} lie outside the template's z range [0, {depth}).")
-    # RAS volume: rows = anterior (top) to posterior, columns = right to left (radiological).
-    slices = np.stack([volume[:, ::-1, int(z)].T for z in slice_indices])
-    side = max(slices.shape[1:])
-    pad_r, pad_c = side - slices.shape[1], side - slices.shape[2]
-    slices = np.pad(slices, ((0, 0), (pad_r // 2, pad_r - pad_r // 2),
-                             (pad_c // 2, pad_c - pad_c // 2)))
-    out = jax.image.resize(slices, (len(slices), size_px, size_px), method="linear",
-                           antialias=True)
-    out = np.clip(np.asarray(out), 0.0, None)
-    return (out / max(float(out.max()), 1e-12)).astype(np.float32)
+    n = 2 * size_px
+    base = knee_phantom(n, seed).astype(np.float64)
+    rng = np.random.default_rng([seed, 17])
+    coords = (np.arange(n) + 0.5) / n * 2.0 - 1.0
+    v, u = np.meshgrid(coords, coords, indexing="ij")
+
+    def smooth_field() -> np.ndarray:
+        # Low-order trigonometric field: displacements vary over a third of the FOV or more.
+        field = np.zeros_like(u)
+        for a in range(3):
+            for b in range(3):
+                c = rng.standard_normal(2)
+                field += (c[0] * np.cos(np.pi * (a * u + b * v) / 2)
+                          + c[1] * np.sin(np.pi * (a * u + b * v) / 2)) / (1 + a + b)
+        return field / np.abs(field).max()
+
+    d1 = [smooth_field() for _ in range(2)]
+    d2 = [smooth_field() for _ in range(2)]
+    positions = np.linspace(-1.0, 1.0, num_slices) if num_slices > 1 else np.zeros(1)
+    out = np.empty((num_slices, size_px, size_px), np.float32)
+    for i, t in enumerate(positions):
+        amp = KNEE_WARP_AMPLITUDE
+        src_u = u / (1.0 - KNEE_SHRINK * t**2) + amp * (t * d1[0] + t**2 * d2[0])
+        src_v = v + amp * (t * d1[1] + t**2 * d2[1])
+        rows = (src_v + 1.0) / 2.0 * n - 0.5
+        cols = (src_u + 1.0) / 2.0 * n - 0.5
+        img = map_coordinates(base, [rows, cols], order=1, mode="constant", cval=0.0)
+        out[i] = img.reshape(size_px, 2, size_px, 2).mean(axis=(1, 3))
+    return np.clip(out, 0.0, 1.0)

@@ -1,66 +1,70 @@
-"""Procedural abdomen phantoms: determinism, anatomy HU, texture, resolution consistency, lesions.
+"""Virtual patients: abdomen CT (determinism, anatomy HU, texture, resolution consistency,
+lesions), knee MR images and stacks, MNI152 slices (optional).
 
 References are independent of the renderer: HU ranges of contrast-enhanced abdominal CT, pixel-box
 (block) averaging of a finer rendering, and the lesion positions converted to pixels by hand.
 """
 
 import math
+import sys
 
 import matplotlib.image
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from consensus_jax.ct import phantom
+from consensus_jax.phantoms import abdomen
+from consensus_jax.phantoms.knee import knee_phantom, virtual_knee
+from consensus_jax.phantoms.mni import mni152_slices
 
-P64 = phantom.default_pixel_size_mm(64)
-P128 = phantom.default_pixel_size_mm(128)
-P256 = phantom.default_pixel_size_mm(256)
-P512 = phantom.default_pixel_size_mm(512)
-LIVER = phantom.LABEL_NAMES.index("liver")
-LESION = phantom.LABEL_NAMES.index("liver_lesion")
+P64 = abdomen.default_pixel_size_mm(64)
+P128 = abdomen.default_pixel_size_mm(128)
+P256 = abdomen.default_pixel_size_mm(256)
+P512 = abdomen.default_pixel_size_mm(512)
+LIVER = abdomen.LABEL_NAMES.index("liver")
+LESION = abdomen.LABEL_NAMES.index("liver_lesion")
 
 
 @pytest.fixture(scope="module")
 def slices_256():
     """(image, meta) for 3 patients x 2 levels (upper: liver/spleen, lower: kidneys)."""
-    return [phantom.abdomen_slice(seed, idx, 256, P256, return_meta=True)
+    return [abdomen.abdomen_slice(seed, idx, 256, P256, return_meta=True)
             for seed in (0, 1, 2) for idx in (8, 30)]
 
 
 @pytest.fixture(scope="module")
 def pair_128_512():
-    return (phantom.abdomen_slice(5, 14, 128, P128, return_meta=True),
-            phantom.abdomen_slice(5, 14, 512, P512, return_meta=True))
+    return (abdomen.abdomen_slice(5, 14, 128, P128, return_meta=True),
+            abdomen.abdomen_slice(5, 14, 512, P512, return_meta=True))
 
 
 def test_deterministic_per_seed_and_patients_differ():
-    a = phantom.abdomen_slice(3, 10, 64, P64)
-    b = phantom.abdomen_slice(3, 10, 64, P64)
+    a = abdomen.abdomen_slice(3, 10, 64, P64)
+    b = abdomen.abdomen_slice(3, 10, 64, P64)
     assert a.shape == (64, 64) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
-    other = phantom.abdomen_slice(4, 10, 64, P64)
+    other = abdomen.abdomen_slice(4, 10, 64, P64)
     assert np.mean(np.abs(a - other)) > 20.0
     # Neighbouring slices of one patient are more alike than the same slice of two patients.
-    nxt = phantom.abdomen_slice(3, 11, 64, P64)
+    nxt = abdomen.abdomen_slice(3, 11, 64, P64)
     assert np.corrcoef(a.ravel(), nxt.ravel())[0, 1] > np.corrcoef(a.ravel(),
                                                                    other.ravel())[0, 1]
     assert np.mean(np.abs(a - nxt)) < np.mean(np.abs(a - other))
 
 
 def test_virtual_patient_stacks_the_slices():
-    vol = phantom.virtual_patient(7, 3, 64, P64)
+    vol = abdomen.virtual_patient(7, 3, 64, P64)
     assert vol.shape == (3, 64, 64) and vol.dtype == np.float32
     for i in range(3):
-        np.testing.assert_array_equal(vol[i], phantom.abdomen_slice(7, i, 64, P64))
-    vol2, metas = phantom.virtual_patient(7, 3, 64, P64, return_meta=True)
+        np.testing.assert_array_equal(vol[i], abdomen.abdomen_slice(7, i, 64, P64))
+    vol2, metas = abdomen.virtual_patient(7, 3, 64, P64, return_meta=True)
     np.testing.assert_array_equal(vol, vol2)
     assert [m.slice_index for m in metas] == [0, 1, 2]
     assert [m.z_mm for m in metas] == [0.0, 3.0, 6.0]
-    picked = phantom.virtual_patient(7, 3, 64, P64, slice_indices=[2, 0])
+    picked = abdomen.virtual_patient(7, 3, 64, P64, slice_indices=[2, 0])
     np.testing.assert_array_equal(picked, vol[[2, 0]])
     with pytest.raises(ValueError, match="slice_indices"):
-        phantom.virtual_patient(7, 3, 64, P64, slice_indices=[3])
+        abdomen.virtual_patient(7, 3, 64, P64, slice_indices=[3])
 
 
 def test_air_outside_body_is_exactly_minus_1000(slices_256):
@@ -72,7 +76,7 @@ def test_air_outside_body_is_exactly_minus_1000(slices_256):
         # The body fits in the reconstruction circle of the smallest allowed field of view.
         rows, cols = np.nonzero(tissue)
         radius_mm = np.hypot(rows - 127.5, cols - 127.5).max() * P256
-        assert radius_mm < phantom.MIN_FOV_MM / 2
+        assert radius_mm < abdomen.MIN_FOV_MM / 2
 
 
 # Typical HU of portal-venous abdominal CT (plus texture and partial-volume margins).
@@ -100,10 +104,10 @@ def test_tissue_hu_at_organ_centres(slices_256):
 
 
 def test_bone_and_gas_extremes():
-    image, meta = phantom.abdomen_slice(0, 10, 512, P512, return_meta=True)
-    rib = meta.labels == phantom.LABEL_NAMES.index("rib_cortex")
+    image, meta = abdomen.abdomen_slice(0, 10, 512, P512, return_meta=True)
+    rib = meta.labels == abdomen.LABEL_NAMES.index("rib_cortex")
     assert rib.sum() > 0 and image[rib].max() > 650.0
-    vol = phantom.virtual_patient(1, 50, 64, P64)
+    vol = abdomen.virtual_patient(1, 50, 64, P64)
     assert vol.min() == -1000.0 and vol.max() > 500.0
 
 
@@ -139,14 +143,14 @@ def test_coarse_slice_approximates_block_average_of_fine(pair_128_512):
 
 def test_lesions_have_the_requested_contrast():
     kwargs = {"lesion_diameter_mm": (8.0, 10.0)}
-    lesions = phantom.liver_lesions(0, **kwargs)
+    lesions = abdomen.liver_lesions(0, **kwargs)
     assert len(lesions) >= 3
     measured = []
     for lesion in lesions[:3]:
-        index = round(lesion.centre_mm[2] / phantom.SLICE_SPACING_MM)
-        image, meta = phantom.abdomen_slice(0, index, 256, P256, lesion_contrast_hu=(-30., -30.),
+        index = round(lesion.centre_mm[2] / abdomen.SLICE_SPACING_MM)
+        image, meta = abdomen.abdomen_slice(0, index, 256, P256, lesion_contrast_hu=(-30., -30.),
                                             return_meta=True, **kwargs)
-        flat = phantom.abdomen_slice(0, index, 256, P256, lesion_contrast_hu=(0.0, 0.0),
+        flat = abdomen.abdomen_slice(0, index, 256, P256, lesion_contrast_hu=(0.0, 0.0),
                                      **kwargs)
         diff = image - flat
         sections = {s.lesion_index: s for s in meta.lesions}
@@ -154,7 +158,7 @@ def test_lesions_have_the_requested_contrast():
         # centre and radius in pixels, worked out from the mm geometry
         row = lesion.centre_mm[1] / P256 + 127.5
         col = lesion.centre_mm[0] / P256 + 127.5
-        dz = index * phantom.SLICE_SPACING_MM - lesion.centre_mm[2]
+        dz = index * abdomen.SLICE_SPACING_MM - lesion.centre_mm[2]
         radius_px = math.sqrt(lesion.radius_mm ** 2 - dz ** 2) / P256
         assert section.centre_px == pytest.approx((row, col))
         assert section.radius_px == pytest.approx(radius_px)
@@ -173,8 +177,8 @@ def test_lesions_have_the_requested_contrast():
 
 
 def test_changing_lesions_leaves_the_anatomy():
-    a = phantom.abdomen_slice(2, 40, 64, P64, lesion_diameter_mm=(2.0, 3.0))
-    b = phantom.abdomen_slice(2, 40, 64, P64, lesion_diameter_mm=(5.0, 6.0))
+    a = abdomen.abdomen_slice(2, 40, 64, P64, lesion_diameter_mm=(2.0, 3.0))
+    b = abdomen.abdomen_slice(2, 40, 64, P64, lesion_diameter_mm=(5.0, 6.0))
     lesion_free = np.abs(a - b) == 0
     assert lesion_free.mean() > 0.97
 
@@ -183,12 +187,12 @@ def test_save_preview_png(tmp_path):
     image = np.full((32, 32), -1000.0, np.float32)
     image[:, 16:] = 1000.0
     path = tmp_path / "preview.png"
-    phantom.save_preview_png(path, image)
+    abdomen.save_preview_png(path, image)
     png = matplotlib.image.imread(path)
     grey = png[..., :3].mean(axis=-1)
     h, w = grey.shape
     assert grey[h // 2, w // 2 - w // 8] < 0.05 and grey[h // 2, w // 2 + w // 8] > 0.95
-    phantom.save_preview_png(tmp_path / "grid.png", np.stack([image] * 3), titles=["a", "b", "c"])
+    abdomen.save_preview_png(tmp_path / "grid.png", np.stack([image] * 3), titles=["a", "b", "c"])
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
@@ -202,4 +206,62 @@ def test_save_preview_png(tmp_path):
 def test_argument_errors(kwargs, match):
     args = {"patient_seed": 0, "slice_index": 0, "size_px": 64, "pixel_size_mm": P64} | kwargs
     with pytest.raises(ValueError, match=match):
-        phantom.abdomen_slice(**args)
+        abdomen.abdomen_slice(**args)
+
+
+# MRI: knee images and virtual knees, MNI152 slices.
+
+
+def test_knee_phantom_is_deterministic_and_varies_with_seed():
+    a, b, c = knee_phantom(96, 0), knee_phantom(96, 0), knee_phantom(96, 1)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 0.02
+    assert a.dtype == np.float32 and a.shape == (96, 96)
+    assert 0.0 <= a.min() and a.max() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("size", [64, 100])
+def test_knee_phantom_has_anatomy_and_fine_structure(size):
+    img = knee_phantom(size, 2)
+    assert img.shape == (size, size)
+    # Air on both sides of the leg, tissue in the middle.
+    assert img[:, :2].max() < 0.02 and img[:, -2:].max() < 0.02
+    obj = img > 0.02
+    assert 0.4 < obj.mean() < 0.9
+    # Several tissues: dark (cortex, tendons, menisci), muscle, cartilage/marrow, fat.
+    levels = np.histogram(img[obj], bins=10, range=(0, 1))[0] / obj.sum()
+    assert (levels > 0.02).sum() >= 5
+    # Fine structures: a noticeable share of k-space energy lies outside the 16 central
+    # phase-encode lines, so undersampling there matters.
+    k = np.fft.fftshift(np.fft.fft2(img))
+    col_energy = (np.abs(k) ** 2).sum(axis=0)
+    outer = np.ones(size, bool)
+    outer[size // 2 - 8:size // 2 + 8] = False
+    assert col_energy[outer].sum() / col_energy.sum() > 0.01
+
+
+def test_virtual_knee_slices_are_related_and_patients_differ():
+    a = virtual_knee(0, 9, 48)
+    b = virtual_knee(1, 9, 48)
+    near = np.abs(a[4] - a[5]).mean()
+    far = np.abs(a[0] - a[8]).mean()
+    other = np.abs(a[4] - b[4]).mean()
+    assert 0 < near < far < other
+    np.testing.assert_array_equal(a, virtual_knee(0, 9, 48))
+
+
+def test_mni152_without_nilearn_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nilearn", None)
+    monkeypatch.setitem(sys.modules, "nilearn.datasets", None)
+    with pytest.raises(ImportError, match=r"pip install \.\[mri-data\]"):
+        mni152_slices(32)
+
+
+def test_mni152_slices_offline():
+    pytest.importorskip("nilearn")
+    slices = mni152_slices(48, slice_indices=[70, 90])
+    assert slices.shape == (2, 48, 48) and slices.dtype == np.float32
+    assert slices.max() == pytest.approx(1.0) and slices.min() >= 0.0
+    assert slices[:, 0, :].max() < 0.05  # background above the head
+    with pytest.raises(ValueError, match="outside"):
+        mni152_slices(48, slice_indices=[500])
