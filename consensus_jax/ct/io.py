@@ -375,7 +375,7 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
     if check_hu and (hi < 10.0 or lo > -500.0):
         raise ValueError(
             f"{path}: values span [{lo:.4g}, {hi:.4g}], which does not look like HU (air -1000, "
-            "water 0, soft tissue 20-80, bone > 300). Linear attenuation or normalised images "
+            "water 0, soft tissue: 20-80, bone > 300). Linear attenuation or normalised images "
             "must be converted: HU = 1000 * (mu - mu_water) / mu_water (mu_water is about "
             "0.019 /mm at 70 keV). If the images are HU but hold no air, pass check_hu=False.")
     return Volume(hu=images.astype(np.float32), pixel_size_mm=pixel_size_mm,
