@@ -15,28 +15,32 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from consensus_jax import evaluation, experiment, input_pipeline
 from consensus_jax import workdir as wd
 
 
-def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
-    """A copy of ``config`` with dotted keys set, e.g. {"loss.beta_r": 0.0}."""
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with dotted keys set, e.g. {"loss.beta_r": 0.0}; a key the config
+    does not have is an error, never a new field."""
     config = copy.deepcopy(config)
+    was_locked = config.is_locked
+    config.lock()
     for key, value in overrides.items():
-        *groups, leaf = key.split(".")
-        node = config
-        for g in groups:
-            node = node[g]
-        if leaf not in node:
-            raise ValueError(f"Ablation override {key!r}: no such config key.")
-        node[leaf] = value
+        try:
+            config.update_from_flattened_dict({key: value})
+        except KeyError as err:
+            raise ValueError(f"Ablation override {key!r}: no such config key ({err}).") from None
+    if not was_locked:
+        config.unlock()
     return config
 
 
-def run_grid(base: Any, settings: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
-             root: str | Path, out_dir: str | Path) -> Path:
+def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str, Any]],
+             seeds: Sequence[int], root: str | Path, out_dir: str | Path) -> Path:
     """Trains and evaluates every (setting, seed); writes ablation.md and ablation.json."""
     root, out_dir = Path(root), Path(out_dir)
     modality = base.modality

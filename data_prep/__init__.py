@@ -23,4 +23,4 @@ def check_reused_dataset(data_dir: str | Path, expected: dict[str, Any]) -> None
         raise SystemExit(
             f"The finished dataset in {data_dir} was built with other settings than this "
             f"config has now:\n{lines}\nMove or delete that folder to rebuild it, or pass "
-            "--name=<new name> to build the new settings beside it.")
+            "--config.name=<new name> to build the new settings beside it.")

@@ -2,97 +2,38 @@
 
   python -m data_prep.ct --config=quick                      # built-in virtual patients
   python -m data_prep.ct --config=dicom --manual_dir=/data/LDCT_full_dose
-  python -m data_prep.ct --config=quick --name=quick_lowdose --set photons_per_ray=1e4
+  python -m data_prep.ct --config=quick --config.photons_per_ray=1e4 --config.name=quick_i0_1e4
   python -m data_prep.ct --config=quick --calibrate          # photons per ray vs FBP noise
 
-Rerunning a finished command reuses its output. TFDS writes into a temporary folder and renames it
-when complete, so an interrupted build never loads as complete; rerun to rebuild it. After the
-build this also writes, into the dataset folder: split_diagnostic.json (Theorem 1's conditions,
-measured against the noiseless FBP) and baselines_test.npz (TV reconstructions of the test slices,
-lambda chosen on a training slice), unless --no-baselines.
+``--config=quick`` is short for ``--config=configs/data/ct.py:quick`` (the presets: tiny, quick,
+paper, dicom, numpy); ``--config.<field>=<value>`` changes a field of it, under a new
+``--config.name``. Rerunning a finished command reuses its output. TFDS writes into a temporary
+folder and renames it when complete, so an interrupted build never loads as complete; rerun to
+rebuild it. After the build this also writes, into the dataset folder: split_diagnostic.json
+(Theorem 1's conditions, measured against the noiseless FBP) and baselines_test.npz (TV
+reconstructions of the test slices, lambda chosen on a training slice), unless --nobaselines.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import sys
-import time
 from pathlib import Path
 
-from data_prep import check_reused_dataset
+from absl import flags
+
+from data_prep import cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def make_config(name: str, new_name: str | None, overrides: list[str]):
-    """The preset ``name`` with ``key=value`` overrides under ``new_name``."""
-    from data_prep.ct_consensus.ct_consensus_dataset_builder import PRESETS, CtConfig
-
-    if name not in PRESETS:
-        raise SystemExit(f"--config={name!r}: choose one of {sorted(PRESETS)}.")
-    config = PRESETS[name]
-    if not overrides:
-        if new_name:
-            raise SystemExit("--name is only for configs changed with --set.")
-        return config
-    if not new_name or new_name in PRESETS:
-        raise SystemExit("Changing a preset with --set needs a new --name (not one of "
-                         f"{sorted(PRESETS)}), so datasets with different settings never mix.")
-    fields = {f.name for f in dataclasses.fields(CtConfig)} - {"name", "version"}
-    values = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: use key=value with key in {sorted(fields)}.")
-        values[key] = _parse_value(value)
-    return dataclasses.replace(config, name=new_name, description=f"{name} with {values}",
-                               **values)
-
-
-def build(config, data_dir: Path, manual_dir: Path | None):
-    """Builds (or reuses) the dataset; returns the builder."""
-    import tensorflow_datasets as tfds
-
-    from consensus_jax.input_pipeline import import_tensorflow
-    from data_prep.ct_consensus.ct_consensus_dataset_builder import Builder
-
-    import_tensorflow()
-    builder = Builder(config=config, data_dir=str(data_dir))
-    if builder.is_prepared():
-        check_reused_dataset(builder.data_dir, config.metadata())
-        print(f"Reusing the finished dataset in {builder.data_dir}.")
-    else:
-        t0 = time.time()
-        download_config = tfds.download.DownloadConfig(
-            manual_dir=str(manual_dir) if manual_dir else None)
-        builder.download_and_prepare(download_config=download_config)
-        print(f"Built {builder.data_dir} in {time.time() - t0:.0f} s.")
-    return builder
 
 
 def split_report(builder) -> dict:
     """Theorem 1's conditions on the test split: n1 = x1 - x_clean, n2 = x2 - x_clean."""
     import numpy as np
+    import tensorflow_datasets as tfds
 
     from consensus_jax.ct.split import split_noise_diagnostic
     from consensus_jax.metrics import rmse
-
-    path = Path(builder.data_dir) / "split_diagnostic.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    import tensorflow_datasets as tfds
 
     cols = {"x1": [], "x2": [], "x_est": [], "x_full": [], "x_clean": []}
     for ex in tfds.as_numpy(builder.as_dataset(split="test")):
@@ -101,17 +42,23 @@ def split_report(builder) -> dict:
     img = {k: 1000.0 * np.stack(v) for k, v in cols.items()}  # HU
     halves = split_noise_diagnostic(img["x1"], img["x2"], img["x_clean"])
     doses = split_noise_diagnostic(img["x_full"], img["x_est"], img["x_clean"])
-    report = {
+    return {
         "reference": "x_clean (FBP of the noiseless projections), HU",
         "halves": dataclasses.asdict(halves),
         "full_vs_low_dose": dataclasses.asdict(doses),
         "low_dose_fbp_rmse_vs_full_dose_hu": float(np.mean(rmse(img["x_est"], img["x_full"]))),
         "num_test_slices": int(img["x1"].shape[0]),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
-    return report
+
+
+def _describe(report: dict) -> str:
+    h = report["halves"]
+    d = report["full_vs_low_dose"]
+    return (f"Split diagnostic (test split, vs noiseless FBP, HU): mean n1 {h['mean_n1']:.2f}, "
+            f"mean n2 {h['mean_n2']:.2f}, std {h['std_n1']:.1f}/{h['std_n2']:.1f}, "
+            f"corr(n1, n2) {h['correlation']:.4f}; corr(full-, low-dose noise) "
+            f"{d['correlation']:.3f}; low-dose FBP RMSE vs full-dose "
+            f"{report['low_dose_fbp_rmse_vs_full_dose_hu']:.1f} HU.")
 
 
 def tv_baselines(builder, manual_dir: Path | None, num_iterations: int) -> Path:
@@ -124,6 +71,7 @@ def tv_baselines(builder, manual_dir: Path | None, num_iterations: int) -> Path:
     from consensus_jax.ct import simulate, tv
     from consensus_jax.ct.dose import MU_WATER_PER_MM
     from consensus_jax.ct.fbp import fbp
+    from consensus_jax.workdir import atomic_open
     from data_prep.ct_consensus.ct_consensus_dataset_builder import (
         list_patients,
         load_slices,
@@ -178,12 +126,11 @@ def tv_baselines(builder, manual_dir: Path | None, num_iterations: int) -> Path:
             recon.append(np.asarray(mu[0]) / MU_WATER_PER_MM - 1.0)  # HU / 1000
             pids.append(source.patient_id)
             sids.append(index)
-    tmp = path.with_name("baselines_test.tmp.npz")
-    np.savez(tmp, TV=np.stack(recon)[..., None].astype(np.float32),
-             patient_id=np.asarray(pids), slice_index=np.asarray(sids),
-             meta_tv_lambda_mm=lam, meta_tv_iterations=num_iterations,
-             meta_tv_lambda_grid=lambdas, meta_tv_lambda_rmse=errors)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, TV=np.stack(recon)[..., None].astype(np.float32),
+                 patient_id=np.asarray(pids), slice_index=np.asarray(sids),
+                 meta_tv_lambda_mm=lam, meta_tv_iterations=num_iterations,
+                 meta_tv_lambda_grid=lambdas, meta_tv_lambda_rmse=errors)
     return path
 
 
@@ -257,49 +204,51 @@ def calibrate(config, photons: list[float], slices_per_patient: int | None = Non
             "suggested_photons": float(suggested)}
 
 
+def _define_flags(flag_values: flags.FlagValues) -> None:
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_bool("baselines", True, "Compute the TV baseline of the test split.", **fv)
+    flags.DEFINE_integer("tv_iterations", 30, "Ramp-preconditioned TV iterations per slice, from "
+                         "the FBP (30: within ~0.3-0.6 HU of convergence on the quick preset).",
+                         **fv)
+    flags.DEFINE_bool("calibrate", False, "Only print quarter-dose FBP noise for a sweep of "
+                      "photons per ray (--photons).", **fv)
+    flags.DEFINE_list("photons", ["1e4", "2e4", "3e4", "5e4", "1e5", "2e5"], "Full-dose photons "
+                      "per ray of the --calibrate sweep, e.g. --photons=1e4,2e4,5e4.", **fv)
+    flags.DEFINE_integer("calibration_slices", None, "Calibrate on the first N chosen slices of "
+                         "each patient (default: all of them).", **fv)
+    flags.register_validator("photons", _are_numbers, "--photons: numbers separated by commas, "
+                             "e.g. --photons=1e4,2e4,5e4.", **fv)
+
+
+def _are_numbers(values: list[str]) -> bool:
+    try:
+        return bool([float(v) for v in values])
+    except ValueError:
+        return False
+
+
+def _calibrate_only(config, flag_values: flags.FlagValues) -> bool:
+    if flag_values.calibrate:
+        calibrate(config, [float(p) for p in flag_values.photons],
+                  flag_values.calibration_slices)
+    return flag_values.calibrate
+
+
+def _tv_baselines(builder, manual_dir: Path | None, flag_values: flags.FlagValues) -> None:
+    if flag_values.baselines:
+        print(f"TV baselines: {tv_baselines(builder, manual_dir, flag_values.tv_iterations)}")
+
+
+CT = cli.Modality(
+    name="ct", builder_module="data_prep.ct_consensus.ct_consensus_dataset_builder",
+    split_report=split_report, describe=_describe, define_flags=_define_flags,
+    before_build=_calibrate_only, after_build=_tv_baselines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="quick", help="tiny | quick | paper | dicom | numpy")
-    parser.add_argument("--data_dir", default="data/tfds", type=Path)
-    parser.add_argument("--manual_dir", default=None, type=Path,
-                        help="your DICOM folders / NumPy stacks (dicom and numpy configs)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="change a preset field (needs --name)")
-    parser.add_argument("--name", default=None, help="name of a changed config")
-    parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
-                        help="compute the TV baseline of the test split (default: on)")
-    parser.add_argument("--tv_iterations", type=int, default=30,
-                        help="ramp-preconditioned TV iterations per slice, from the FBP "
-                             "(30: within ~0.3-0.6 HU of convergence on the quick preset)")
-    parser.add_argument("--calibrate", action="store_true",
-                        help="only print quarter-dose FBP noise for a sweep of photons per ray")
-    parser.add_argument("--photons", type=float, nargs="+",
-                        default=[1e4, 2e4, 3e4, 5e4, 1e5, 2e5])
-    parser.add_argument("--calibration_slices", type=int, default=None,
-                        help="calibrate on the first N chosen slices of each patient "
-                             "(default: all of them)")
-    args = parser.parse_args(argv)
-    config = make_config(args.config, args.name, args.overrides)
-    if args.calibrate:
-        calibrate(config, args.photons, args.calibration_slices)
-        return 0
-    if args.manual_dir is not None and not args.manual_dir.is_dir():
-        raise SystemExit(f"--manual_dir {args.manual_dir} is not a folder.")
-    builder = build(config, args.data_dir, args.manual_dir)
-    report = split_report(builder)
-    h = report["halves"]
-    d = report["full_vs_low_dose"]
-    print(f"Split diagnostic (test split, vs noiseless FBP, HU): mean n1 {h['mean_n1']:.2f}, "
-          f"mean n2 {h['mean_n2']:.2f}, std {h['std_n1']:.1f}/{h['std_n2']:.1f}, "
-          f"corr(n1, n2) {h['correlation']:.4f}; corr(full-, low-dose noise) "
-          f"{d['correlation']:.3f}; low-dose FBP RMSE vs full-dose "
-          f"{report['low_dose_fbp_rmse_vs_full_dose_hu']:.1f} HU.")
-    if args.baselines:
-        print(f"TV baselines: {tv_baselines(builder, args.manual_dir, args.tv_iterations)}")
-    print(f"Dataset ready: {builder.data_dir}")
-    return 0
+    """``python -m data_prep.ct`` in this process (argv: the arguments after the program name)."""
+    return cli.main(CT, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.start(CT)

@@ -4,97 +4,25 @@
   python -m data_prep.mri --config=knee                    # the paper's size (320 px, 15 coils)
   python -m data_prep.mri --config=mni                     # needs pip install -e .[mri-data]
   python -m data_prep.mri --config=fastmri --manual_dir=/data/knee_multicoil_train
-  python -m data_prep.mri --config=quick --name=quick_snr30 --set snr=30
+  python -m data_prep.mri --config=quick --config.snr=30 --config.name=quick_snr30
 
-Rerunning a finished command reuses its output. TFDS writes into a temporary folder and renames it
-when complete, so an interrupted build never loads as complete; rerun to rebuild it. After the
-build this writes split_diagnostic.json into the dataset folder: mean, std and correlation of the
-halves' errors n_i = x_i - x_ref (and against the noiseless x_clean) over every slice, the
-correlation expected of the outer lines (-1/7 at 4x), and the RMSE of zero-filling, SENSE and one
-amplified half against the references on the test split.
+``--config=quick`` is short for ``--config=configs/data/mri.py:quick`` (the presets: tiny, quick,
+knee, mni, fastmri); ``--config.<field>=<value>`` changes a field of it, under a new
+``--config.name``. Rerunning a finished command reuses its output. TFDS writes into a temporary
+folder and renames it when complete, so an interrupted build never loads as complete; rerun to
+rebuild it. After the build this writes split_diagnostic.json into the dataset folder: mean, std
+and correlation of the halves' errors n_i = x_i - x_ref (and against the noiseless x_clean) over
+every slice, the correlation expected of the outer lines (-1/7 at 4x), and the RMSE of
+zero-filling, SENSE and one amplified half against the references on the test split.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import os
-import sys
-import time
-from pathlib import Path
 
-from data_prep import check_reused_dataset
+from data_prep import cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def make_config(name: str, new_name: str | None, overrides: list[str]):
-    """The preset ``name`` with ``key=value`` overrides under ``new_name``."""
-    from data_prep.mri_consensus.mri_consensus_dataset_builder import PRESETS, MriConfig
-
-    if name not in PRESETS:
-        raise SystemExit(f"--config={name!r}: choose one of {sorted(PRESETS)}.")
-    config = PRESETS[name]
-    if not overrides:
-        if new_name:
-            raise SystemExit("--name is only for configs changed with --set.")
-        return config
-    if not new_name or new_name in PRESETS:
-        raise SystemExit("Changing a preset with --set needs a new --name (not one of "
-                         f"{sorted(PRESETS)}), so datasets with different settings never mix.")
-    import tensorflow_datasets as tfds
-
-    fields = ({f.name for f in dataclasses.fields(MriConfig)}
-              - {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)})
-    values = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: use key=value with key in {sorted(fields)}.")
-        values[key] = _parse_value(value)
-    config = dataclasses.replace(config, name=new_name, description=f"{name} with {values}",
-                                 **values)
-    try:
-        config.validate()
-    except ValueError as err:
-        raise SystemExit(f"--set {overrides}: {err}") from None
-    return config
-
-
-def build(config, data_dir: Path, manual_dir: Path | None):
-    """Builds (or reuses) the dataset; returns the builder."""
-    import tensorflow_datasets as tfds
-
-    from consensus_jax.input_pipeline import import_tensorflow
-    from data_prep.mri_consensus.mri_consensus_dataset_builder import Builder, list_patients
-
-    import_tensorflow()
-    builder = Builder(config=config, data_dir=str(data_dir))
-    if builder.is_prepared():
-        check_reused_dataset(builder.data_dir, config.metadata())
-        print(f"Reusing the finished dataset in {builder.data_dir}.")
-        return builder
-    try:
-        # Checks the sources (files, nilearn) before TFDS starts writing.
-        list_patients(config, manual_dir)
-    except (FileNotFoundError, ImportError, ValueError) as err:
-        raise SystemExit(f"--config={config.name}: {err}") from None
-    t0 = time.time()
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=str(manual_dir) if manual_dir else None)
-    builder.download_and_prepare(download_config=download_config)
-    print(f"Built {builder.data_dir} in {time.time() - t0:.0f} s.")
-    return builder
 
 
 class _PairStatistics:
@@ -126,8 +54,8 @@ class _PairStatistics:
 
 
 def split_report(builder) -> dict:
-    """Split diagnostic (every slice) and baseline errors (test split), saved as
-    split_diagnostic.json.
+    """Split diagnostic (every slice) and baseline errors (test split); ``cli.report`` saves it
+    as split_diagnostic.json.
 
     Images are in the dataset's normalised units (x_est in [-1, 1]). The halves' errors are pooled
     over every slice of both splits on the coil-map support (where x_ref is non-zero; every image
@@ -140,9 +68,6 @@ def split_report(builder) -> dict:
 
     from consensus_jax.mri.masks import outer_line_probability, outer_region
 
-    path = Path(builder.data_dir) / "split_diagnostic.json"
-    if path.exists():
-        return json.loads(path.read_text())
     vs_ref, vs_clean = _PairStatistics(), _PairStatistics()
     methods = {"Zero-filling": "x_zf", "SENSE": "x_est", "half x1 (amplified)": "x1"}
     refs = {"x_ref": "fully sampled", "x_clean": "noiseless"}
@@ -165,7 +90,7 @@ def split_report(builder) -> dict:
     us = builder.builder_config.reconstruction().undersampling
     width = builder.info.features["mask"].shape[0]
     p = outer_line_probability(us, int(outer_region(width, us).sum()) + us.num_center_lines)
-    report = {
+    return {
         "units": "normalised images (x_est in [-1, 1]); RMSE is complex RMSE x 1e-3",
         "halves_vs_fully_sampled": vs_ref.result(),
         "halves_vs_noiseless": vs_clean.result(),
@@ -174,10 +99,6 @@ def split_report(builder) -> dict:
                      for label, e in errors.items()},
         "num_slices": num_slices,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
-    return report
 
 
 def _describe(report: dict) -> str:
@@ -195,25 +116,15 @@ def _describe(report: dict) -> str:
             + ", ".join(f"{m} {r[m]:.1f} ({rc[m]:.1f})" for m in r) + ".")
 
 
+MRI = cli.Modality(
+    name="mri", builder_module="data_prep.mri_consensus.mri_consensus_dataset_builder",
+    split_report=split_report, describe=_describe, check_sources=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="quick", help="tiny | quick | knee | mni | fastmri")
-    parser.add_argument("--data_dir", default="data/tfds", type=Path)
-    parser.add_argument("--manual_dir", default=None, type=Path,
-                        help="your fastMRI multi-coil .h5 files (fastmri config)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="change a preset field (needs --name)")
-    parser.add_argument("--name", default=None, help="name of a changed config")
-    args = parser.parse_args(argv)
-    config = make_config(args.config, args.name, args.overrides)
-    if args.manual_dir is not None and not args.manual_dir.is_dir():
-        raise SystemExit(f"--manual_dir {args.manual_dir} is not a folder.")
-    builder = build(config, args.data_dir, args.manual_dir)
-    print(_describe(split_report(builder)))
-    print(f"Dataset ready: {builder.data_dir}")
-    return 0
+    """``python -m data_prep.mri`` in this process (argv: the arguments after the program name)."""
+    return cli.main(MRI, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.start(MRI)

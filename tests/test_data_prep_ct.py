@@ -6,9 +6,18 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs.data import ct as data_config
 from consensus_jax import input_pipeline
+from data_prep import cli
 from data_prep import ct as prep
 from data_prep.ct_consensus import ct_consensus_dataset_builder as builder_lib
+
+
+def _config(preset="tiny", **changes):
+    """The builder config of configs/data/ct.py:<preset> with ``changes`` (and a new name)."""
+    config = data_config.get_config(preset)
+    config.update(changes)
+    return cli.builder_config(prep.CT, config, preset)
 
 
 def _data_cfg(data_dir):
@@ -68,25 +77,38 @@ def test_interrupted_build_never_loads_as_complete(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builder_lib, "load_slices", failing)
     with pytest.raises(KeyboardInterrupt):
-        prep.main(["--config=tiny", f"--data_dir={tmp_path}", "--no-baselines"])
+        prep.main(["--config=tiny", f"--data_dir={tmp_path}", "--nobaselines"])
     cfg = _data_cfg(tmp_path)
     with pytest.raises(FileNotFoundError, match="no complete dataset|No prepared dataset"):
         input_pipeline.load_split(cfg, "train", "ct")
 
 
-def test_overrides_need_a_new_name():
-    with pytest.raises(SystemExit, match="needs a new --name"):
-        prep.make_config("tiny", None, ["photons_per_ray=1e3"])
-    cfg = prep.make_config("tiny", "tiny_lowdose", ["photons_per_ray=1e3"])
+def test_changed_presets_need_a_new_name(tmp_path):
+    with pytest.raises(SystemExit, match=r"photons_per_ray: preset 13000.0, now 1000.0"):
+        _config(photons_per_ray=1e3)
+    cfg = _config(photons_per_ray=1e3, name="tiny_lowdose")
     assert cfg.photons_per_ray == 1e3 and cfg.name == "tiny_lowdose"
-    with pytest.raises(SystemExit, match="key=value"):
-        prep.make_config("tiny", "x", ["photons=1"])
+    assert cfg.description == "tiny with {'photons_per_ray': 1000.0}"
+    assert cfg.version == builder_lib.PRESETS["tiny"].version
+    assert _config() is builder_lib.PRESETS["tiny"]
+    with pytest.raises(SystemExit, match="the settings are the 'tiny' preset's"):
+        _config(name="tiny_again")
+    # Through the command line: short and long spellings, and one message per error.
+    for argv, match in [
+            (["--config=tiny", "--config.photons_per_ray=1e3"], "differ from the 'tiny' preset"),
+            (["--config=configs/data/ct.py:tiny", "--config.photons=1"], "no field 'photons'"),
+            (["--config=huge"], r"Unknown data preset 'huge': choose one of \['dicom', "),
+            (["--config=configs/data/ct.py:huge"], "Unknown data preset 'huge'"),
+            (["--config=tiny", f"--manual_dir={tmp_path / 'none'}"], "is not a folder")]:
+        with pytest.raises(SystemExit, match=match) as err:
+            prep.main([*argv, f"--data_dir={tmp_path}"])
+        assert "Traceback" not in str(err.value)
 
 
 def test_calibration_interpolates_the_paper_fbp_noise(capsys):
     """The sweep's RMSE falls roughly like I0^-1/2, and the suggested I0 gives the paper's
     27.6 HU when measured directly on the same slices (another noise draw)."""
-    config = prep.make_config("tiny", None, [])
+    config = _config()
     photons = [1e4, 4e4]
     result = prep.calibrate(config, photons, slices_per_patient=1)
     rmse = np.asarray(result["rmse_hu"]["all"])
@@ -103,9 +125,9 @@ def test_reuse_refuses_a_dataset_built_with_other_settings(tiny_ct_data_dir):
     is not reused silently."""
     from data_prep import check_reused_dataset
 
-    config = prep.make_config("tiny", None, [])
+    config = _config()
     folder = tiny_ct_data_dir / "ct_consensus" / "tiny" / "1.0.0"
     check_reused_dataset(folder, config.metadata())  # what the builder wrote: accepted
-    changed = prep.make_config("tiny", "tiny_i0", ["photons_per_ray=1e4"])
+    changed = _config(photons_per_ray=1e4, name="tiny_i0")
     with pytest.raises(SystemExit, match=r"photons_per_ray_full_dose: stored 13000.0, now 10000.0"):
         check_reused_dataset(folder, changed.metadata())

@@ -9,12 +9,21 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs.data import mri as data_config
 from consensus_jax import input_pipeline
 from consensus_jax.mri.simulate import simulate_slice
+from data_prep import cli
 from data_prep import mri as prep
 from data_prep.mri_consensus import mri_consensus_dataset_builder as builder_lib
 
 TINY = builder_lib.PRESETS["tiny"]
+
+
+def _config(preset="tiny", **changes):
+    """The builder config of configs/data/mri.py:<preset> with ``changes`` (and a new name)."""
+    config = data_config.get_config(preset)
+    config.update(changes)
+    return cli.builder_config(prep.MRI, config, preset)
 
 
 def _data_cfg(data_dir, config="tiny"):
@@ -122,15 +131,18 @@ def test_interrupted_build_never_loads_as_complete(tmp_path, monkeypatch):
         input_pipeline.load_split(_data_cfg(tmp_path), "train", "mri")
 
 
-def test_overrides_and_source_errors(tmp_path, monkeypatch):
-    with pytest.raises(SystemExit, match="needs a new --name"):
-        prep.make_config("tiny", None, ["snr=30"])
-    cfg = prep.make_config("tiny", "tiny_snr30", ["snr=30", "mask_convention=fastmri"])
+def test_changed_configs_and_source_errors(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="differ from the 'tiny' preset"):
+        _config(snr=30.0)
+    cfg = _config(snr=30.0, mask_convention="fastmri", name="tiny_snr30")
     assert cfg.snr == 30 and cfg.mask_convention == "fastmri" and cfg.name == "tiny_snr30"
-    with pytest.raises(SystemExit, match="key=value"):
-        prep.make_config("tiny", "x", ["coils=3"])
+    with pytest.raises(SystemExit, match="no field 'coils'"):
+        prep.main(["--config=tiny", "--config.coils=3", "--config.name=x"])
     with pytest.raises(SystemExit, match="square"):
-        prep.make_config("tiny", "x", ["width_px=48"])
+        _config(width_px=48, name="x")
+    with pytest.raises(SystemExit, match="square"):
+        prep.main(["--config=configs/data/mri.py:tiny", "--config.width_px=48",
+                   "--config.name=x", f"--data_dir={tmp_path}"])
     with pytest.raises(SystemExit, match="--manual_dir"):
         prep.main(["--config=fastmri", f"--data_dir={tmp_path}"])
     monkeypatch.setitem(sys.modules, "nilearn", None)
@@ -204,10 +216,10 @@ def test_fastmri_files_build_and_read_back(tmp_path):
     # builder moves ky = 0 to column 20 of 40, so every file's acquired range becomes [4, 36).
     kspaces = {f"file100000{i}": _fake_file(manual / f"file100000{i}.h5", i, ky, acq)
                for i, (ky, acq) in enumerate([(40, (4, 36)), (42, (5, 37)), (40, (4, 36))])}
-    sets = ["height_px=32", "width_px=40", "num_center_lines=8", "num_train_patients=2",
-            "num_test_patients=1", "sense_iterations=10"]
-    argv = ["--config=fastmri", "--name=fake_fastmri", f"--data_dir={tmp_path / 'tfds'}",
-            f"--manual_dir={manual}"] + [f"--set={s}" for s in sets]
+    changes = ["height_px=32", "width_px=40", "num_center_lines=8", "num_train_patients=2",
+               "num_test_patients=1", "sense_iterations=10", "name=fake_fastmri"]
+    argv = ["--config=fastmri", f"--data_dir={tmp_path / 'tfds'}", f"--manual_dir={manual}"
+            ] + [f"--config.{c}" for c in changes]
     assert prep.main(argv) == 0
     cfg = _data_cfg(tmp_path / "tfds", "fake_fastmri")
     train = input_pipeline.load_split(cfg, "train", "mri")
@@ -234,9 +246,7 @@ def test_fastmri_files_build_and_read_back(tmp_path):
 def test_fastmri_width_that_cuts_acquired_columns_is_refused(tmp_path):
     _fake_file(tmp_path / "a.h5", 0, 40, (4, 36), slices=1)
     _fake_file(tmp_path / "b.h5", 1, 40, (4, 36), slices=1)
-    config = prep.make_config("fastmri", "narrow", ["height_px=32", "width_px=24",
-                                                    "num_center_lines=8",
-                                                    "num_train_patients=1",
-                                                    "num_test_patients=1"])
+    config = _config("fastmri", height_px=32, width_px=24, num_center_lines=8,
+                     num_train_patients=1, num_test_patients=1, name="narrow")
     with pytest.raises(ValueError, match="width_px=24"):
         builder_lib.list_patients(config, tmp_path)

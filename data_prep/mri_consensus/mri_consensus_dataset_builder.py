@@ -234,7 +234,7 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
     if len(files) < n_train + n_test:
         raise ValueError(f"{manual_dir} holds {len(files)} .h5 files; the config needs "
                          f"{n_train} + {n_test} patients. Add files or lower num_train_patients/"
-                         "num_test_patients (--set ... --name=...).")
+                         "num_test_patients (--config.<field>=... --config.name=...).")
     order = np.random.default_rng([config.seed, 11]).permutation(len(files))
     out = []
     for i, k in enumerate(order[:n_train + n_test]):
@@ -242,8 +242,9 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
         header, num_slices, _ = read_fastmri_header(path)
         if header.recon_matrix[0] != config.height_px:
             raise ValueError(f"{path}: reconSpace x = {header.recon_matrix[0]} rows, but the "
-                             f"config has height_px={config.height_px}; rebuild with --set "
-                             f"height_px={header.recon_matrix[0]} --name=<new name>.")
+                             f"config has height_px={config.height_px}; rebuild with "
+                             f"--config.height_px={header.recon_matrix[0]} "
+                             "--config.name=<new name>.")
         fit_width_columns(header.encoded_matrix[1], header.acquired_columns, config.width_px,
                           str(path))
         slices = np.arange(num_slices)
@@ -269,8 +270,8 @@ def fit_width_columns(num_columns: int, acquired: tuple[int, int], width: int,
     start, stop = acquired[0] + offset, acquired[1] + offset
     if start < 0 or stop > width:
         raise ValueError(f"{source}: the acquired ky columns [{acquired[0]}, {acquired[1]}) of "
-                         f"{num_columns} do not fit width_px={width}; rebuild with --set "
-                         f"width_px={num_columns} --name=<new name>.")
+                         f"{num_columns} do not fit width_px={width}; rebuild with "
+                         f"--config.width_px={num_columns} --config.name=<new name>.")
     return offset, (start, stop)
 
 
