@@ -14,6 +14,12 @@ _RUNS = flags.DEFINE_list("runs", [], "Training workdirs to evaluate (comma sepa
 _OUT = flags.DEFINE_string("out", None, "Output folder for the table and figure.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config for the data when no --runs.")
 _SLICE = flags.DEFINE_integer("figure_slice", 0, "Test slice shown in the figure.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "best", "Which checkpoint of each run: best (lowest validation loss; the "
+    "latest for runs without validation), latest, or a step number.")
+_TRAJECTORY = flags.DEFINE_bool(
+    "trajectory", False, "Instead of the table: the test metrics of every kept checkpoint of "
+    "each run and of its best-validation checkpoint (trajectory.md, trajectory.json).")
 _ZOOM = flags.DEFINE_list("zoom", [], "Inset box row,col,size in pixels (default: automatic).")
 flags.mark_flags_as_required(["out"])
 
@@ -27,7 +33,11 @@ def main(argv):
     zoom = tuple(int(v) for v in _ZOOM.value) if _ZOOM.value else None
     from consensus_jax import evaluation
 
-    evaluation.evaluate(_RUNS.value, _OUT.value, _CONFIG.value, _SLICE.value, zoom)
+    if _TRAJECTORY.value:
+        evaluation.trajectory(_RUNS.value, _OUT.value)
+        return
+    evaluation.evaluate(_RUNS.value, _OUT.value, _CONFIG.value, _SLICE.value, zoom,
+                        checkpoint=_CHECKPOINT.value)
 
 
 if __name__ == "__main__":

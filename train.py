@@ -34,11 +34,11 @@ def main(argv):
         jax.distributed.initialize()
     from consensus_jax import evaluation, experiment
 
-    state, method = experiment.fit(_CONFIG.value, _WORKDIR.value,
-                                   allow_config_change=_ALLOW.value)
+    experiment.fit(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)
     if jax.process_index() == 0:
-        evaluation.evaluate_on_test(_CONFIG.value, method, jax.device_get(state.params),
-                                    Path(_WORKDIR.value), int(state.step))
+        # The checkpoint evaluate.py uses by default: the best by validation loss.
+        method, params, step, _ = evaluation.load_run(_WORKDIR.value)
+        evaluation.evaluate_on_test(_CONFIG.value, method, params, Path(_WORKDIR.value), step)
 
 
 if __name__ == "__main__":

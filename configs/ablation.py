@@ -27,6 +27,13 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
             "noise2noise": n2n,
             "consensus": {},
         },
+        # The two baselines trained like the proposed method (long runs: one seed each).
+        "baselines": {
+            "noise2clean": {"loss.kind": "noise2clean", "loss.beta_r": 0.0},
+            "noise2noise": n2n,
+        },
+        # The proposed method alone, for seed statistics of long runs.
+        "consensus": {"consensus": {}},
         "beta_r": {f"consensus beta_r={b}": {"loss.beta_r": b} for b in (0.0, 0.1, 0.5, 2.0)},
         "beta_w": {f"consensus beta_w={b}": {"loss.beta_w": b, "loss.beta_r": 0.0}
                    for b in (0.0, 5e-6, 5e-5, 5e-4)},

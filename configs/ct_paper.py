@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.data_dir = "data/tfds"
     config.data.train_split = "train"
     config.data.test_split = "test"
+    config.data.validation_split = "validation"  # whole held-out patients, for model selection
     config.data.max_train_slices = 0  # 0: all
 
     config.model = ml_collections.ConfigDict()
@@ -61,6 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.log_every_steps = 50
     config.train.checkpoint_every_steps = 1000
     config.train.keep_checkpoints = 3
+    # Label-free validation (the method's own loss on the validation patients) every so many
+    # steps; the best checkpoint is kept in <workdir>/best. 0: off.
+    config.train.eval_every_steps = 1000
+    config.train.early_stop_patience = 0  # > 0: stop after that many evaluations without a gain
+    config.train.overfit_warning_evals = 3  # warn when validation rose this often in a row
     config.train.tensorboard = True
     config.train.progress = True
 

@@ -25,4 +25,5 @@ def get_config():
     config.train.patch_size_px = 64
     config.train.log_every_steps = 20
     config.train.checkpoint_every_steps = 100
+    config.train.eval_every_steps = 50
     return config

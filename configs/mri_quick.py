@@ -35,4 +35,5 @@ def get_config():
     config.train.patch_size_px = 64
     config.train.log_every_steps = 50
     config.train.checkpoint_every_steps = 250
+    config.train.eval_every_steps = 100
     return config

@@ -21,5 +21,6 @@ def get_config():
     config.train.patches_per_slice = 4
     config.train.log_every_steps = 2
     config.train.checkpoint_every_steps = 3
+    config.train.eval_every_steps = 3
     config.train.keep_checkpoints = 2
     return config

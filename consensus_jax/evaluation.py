@@ -92,11 +92,7 @@ def score(modality: str, outputs: Mapping[str, np.ndarray], images: Mapping[str,
             per: dict[str, list[np.ndarray]] = {}
             for start in range(0, ref.shape[0], batch_size):
                 sl = slice(start, start + batch_size)
-                if modality == "ct":
-                    m = metrics.ct_metrics(1000.0 * jnp.asarray(out[sl][..., 0]),
-                                           1000.0 * jnp.asarray(ref[sl][..., 0]))
-                else:
-                    m = metrics.mri_metrics(jnp.asarray(out[sl]), jnp.asarray(ref[sl]))
+                m = metrics.image_metrics(modality, out[sl], ref[sl])
                 for k, v in m.items():
                     per.setdefault(k, []).append(np.asarray(v))
             results.append(Result(name, label, {k: np.concatenate(v) for k, v in per.items()}))
@@ -155,21 +151,47 @@ def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], heade
     return paths
 
 
-def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collections.ConfigDict,
-                step: int | None = None) -> tuple[Any, int]:
-    """The parameters of a run's checkpoint ``step`` (default: the latest) and that step,
-    replicated over this machine's devices whatever the topology the run was saved from."""
-    directory = Path(workdir) / wd.CHECKPOINTS
-    mngr = wd.checkpoint_manager(Path(workdir), keep=1_000_000)
-    steps = mngr.all_steps()
-    mngr.close()
+def resolve_checkpoint(workdir: str | Path, checkpoint: str | int = "best"
+                       ) -> tuple[Path, int, str]:
+    """(checkpoint folder, step, how it was chosen) of a run.
+
+    ``checkpoint``: "best" (lowest validation loss; the latest step when the run has no
+    validation checkpoint, e.g. one trained before validation existed), "latest", or a step.
+    """
+    workdir = Path(workdir)
+    latest = wd.checkpoint_manager(workdir, keep=1_000_000)
+    steps = latest.all_steps()
+    latest.close()
+    if checkpoint == "best" and (workdir / wd.BEST).is_dir():
+        best = wd.checkpoint_manager(workdir, keep=1, subdir=wd.BEST,
+                                     best_fn=lambda m: m["val_loss"], best_mode="min")
+        step = best.best_step()
+        best.close()
+        if step is not None:
+            return workdir / wd.BEST, int(step), "best validation loss"
     if not steps:
-        raise FileNotFoundError(f"No checkpoint in {directory}: train it first "
+        raise FileNotFoundError(f"No checkpoint in {workdir / wd.CHECKPOINTS}: train it first "
                                 f"(`python train.py --workdir={workdir} ...`).")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise ValueError(f"{directory} has no checkpoint of step {step}; it has {sorted(steps)}.")
+    if checkpoint in ("best", "latest"):
+        why = "latest" if checkpoint == "latest" else "latest; the run has no validation checkpoint"
+        return workdir / wd.CHECKPOINTS, max(steps), why
+    try:
+        step = int(checkpoint)
+    except ValueError:
+        raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got "
+                         f"{checkpoint!r}.") from None
+    if step not in steps:
+        raise ValueError(f"{workdir / wd.CHECKPOINTS} has no checkpoint of step {step}; it has "
+                         f"{sorted(steps)}.")
+    return workdir / wd.CHECKPOINTS, step, "requested"
+
+
+def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collections.ConfigDict,
+                checkpoint: str | int = "best") -> tuple[Any, int, str]:
+    """The parameters of one of a run's checkpoints (``resolve_checkpoint``), its step and how
+    it was chosen, replicated over this machine's devices whatever the topology the run was saved
+    from."""
+    directory, step, why = resolve_checkpoint(workdir, checkpoint)
     params = jax.eval_shape(lambda: train_lib.init_network_params(method, jax.random.PRNGKey(0)))
 
     def opt_state_shapes():
@@ -177,16 +199,16 @@ def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collec
         return jax.eval_shape(optimizer.init, params)
 
     replicated = NamedSharding(train_lib.make_mesh(), P())
-    return wd.restore_params(directory, step, params, replicated, opt_state_shapes), int(step)
+    return wd.restore_params(directory, step, params, replicated, opt_state_shapes), step, why
 
 
-def load_run(workdir: str | Path, step: int | None = None
+def load_run(workdir: str | Path, checkpoint: str | int = "best"
              ) -> tuple[train_lib.Method, Any, int, ml_collections.ConfigDict]:
-    """(method, params, step, config) of a finished or partial training run; ``step``: which
-    checkpoint (default: the latest)."""
+    """(method, params, step, config) of a finished or partial training run; ``checkpoint``:
+    "best" (default), "latest" or a step (``resolve_checkpoint``)."""
     config = wd.load_config(workdir)
     method = train_lib.Method.from_config(config)
-    params, step = load_params(workdir, method, config, step)
+    params, step, _ = load_params(workdir, method, config, checkpoint)
     return method, params, step, config
 
 
@@ -246,7 +268,7 @@ def load_extra_baselines(data_cfg: ml_collections.ConfigDict, split: str,
 def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
              config: ml_collections.ConfigDict | None = None,
              figure_slice: int = 0, zoom_box: tuple[int, int, int] | None = None,
-             batch_size: int = 4) -> dict[str, Path]:
+             batch_size: int = 4, checkpoint: str | int = "best") -> dict[str, Path]:
     """Runs every method on the test split and writes the table, CSV, JSON and figure.
 
     Args:
@@ -255,10 +277,18 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
       config: experiment config for the data when no run is given (baselines only).
       figure_slice: index of the test slice shown in the figure (fixed before seeing results).
       zoom_box: (row, col, size) of the figure's inset.
+      checkpoint: which checkpoint of every run: "best" (lowest validation loss), "latest" or a
+        step number; the table's header names the step used and why.
     """
     from consensus_jax import figures
 
-    runs = [load_run(d) for d in run_dirs]
+    runs, chosen_by = [], []
+    for d in run_dirs:
+        cfg = wd.load_config(d)
+        method = train_lib.Method.from_config(cfg)
+        params, step, why = load_params(d, method, cfg, checkpoint)
+        runs.append((method, params, step, cfg))
+        chosen_by.append(why)
     if config is None:
         if not runs:
             raise ValueError("Give at least one training workdir (--runs) or a --config.")
@@ -288,7 +318,8 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
     num = images["x1"].shape[0]
     header = (f"{modality.upper()} test split of {config.data.name}/{config.data.config}: "
               f"{num} slices, mean ± std over slices. Runs: "
-              + (", ".join(f"{d} (step {s})" for d, s in steps.items()) or "none"))
+              + (", ".join(f"{d} (step {s}: {why})" for (d, s), why
+                           in zip(steps.items(), chosen_by, strict=True)) or "none"))
     paths = write_outputs(Path(out_dir), modality, results, header, {"runs": steps})
     order = [m for m in METHOD_ORDER[modality] if m in outputs]
     reference_key = input_pipeline.REFERENCE_KEY[modality]
@@ -308,3 +339,46 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
     for kind, p in paths.items():
         print(f"{kind}: {p}")
     return paths
+
+
+def trajectory(run_dirs: Sequence[str | Path], out_dir: str | Path,
+               batch_size: int = 4) -> Path:
+    """Test metrics (mean over slices, against the paper's reference) of every kept checkpoint of
+    each run and of its best-validation checkpoint: how the test error moved during training and
+    where validation selected. Writes trajectory.md and trajectory.json into ``out_dir``."""
+    rows = []
+    for d in run_dirs:
+        config = wd.load_config(d)
+        method = train_lib.Method.from_config(config)
+        images = input_pipeline.load_split(config.data, config.data.test_split, config.modality)
+        mngr = wd.checkpoint_manager(Path(d), keep=1_000_000)
+        steps = sorted(mngr.all_steps())
+        mngr.close()
+        _, best_step, why = resolve_checkpoint(d, "best")
+        first_ref = REFERENCES[config.modality][0][1]
+        for checkpoint in [*steps, "best"]:
+            params, step, _ = load_params(d, method, config, checkpoint)
+            outputs = predict(method, params, images, batch_size)
+            for result in score(config.modality, outputs, images):
+                if result.reference != first_ref:
+                    continue
+                rows.append({"run": str(d), "checkpoint": str(checkpoint), "step": step,
+                             "method": result.method, "reference": first_ref,
+                             **{k: float(np.mean(v)) for k, v in result.values.items()}})
+    metric_names = [k for k in rows[0] if k not in
+                    ("run", "checkpoint", "step", "method", "reference")]
+    lines = ["| run | checkpoint | step | method | "
+             + " | ".join(f"{METRIC_LABELS.get(m, m)} vs {rows[0]['reference']}"
+                          for m in metric_names) + " |",
+             "|---" * (4 + len(metric_names)) + "|"]
+    for r in rows:
+        label = "best (validation)" if r["checkpoint"] == "best" else "kept"
+        lines.append(f"| {r['run']} | {label} | {r['step']} | {r['method']} | "
+                     + " | ".join(f"{r[m]:.2f}" for m in metric_names) + " |")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = "\n".join(lines) + "\n"
+    wd.atomic_write(out / "trajectory.md", table, keep=True)
+    wd.atomic_write(out / "trajectory.json", json.dumps(rows, indent=1), keep=True)
+    print(table)
+    return out / "trajectory.md"

@@ -15,22 +15,27 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from consensus_jax import input_pipeline, patches, train_lib
+from consensus_jax import input_pipeline, metrics, patches, train_lib
 from consensus_jax import workdir as wd
 
 #: Environment variable for the tests of exact resume: the process exits (code 3, no cleanup)
 #: right after this step, as a crash between steps would.
 CRASH_AFTER_STEP = "CONSENSUS_JAX_CRASH_AFTER_STEP"
+#: Written into the workdir when early stopping ends a run; such a run is finished.
+EARLY_STOP_FILE = "early_stop.json"
 
 
 class _Logger:
@@ -55,6 +60,94 @@ class _Logger:
                 for k, v in scalars.items():
                     tf.summary.scalar(k, v)
             self.writer.flush()
+
+
+class _Validator:
+    """Label-free validation on whole held-out slices, the best checkpoint, and the guards.
+
+    Every ``train.eval_every_steps`` the method's own loss (``train_lib.validation_terms``) is
+    computed on the validation split. The checkpoint with the lowest validation loss so far is
+    kept in ``<workdir>/best`` (orbax, best_fn over the stored metrics, one kept), beside the
+    latest ones in ``checkpoints/`` that resume uses. The oracle scores against the reference are
+    logged under ``oracle/`` and never used for a decision.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, method: train_lib.Method,
+                 workdir: Path, images: dict[str, np.ndarray]):
+        self.method, self.modality = method, config.modality
+        self.every = int(config.train.eval_every_steps)
+        self.patience = int(config.train.early_stop_patience)
+        self.warn_after = int(config.train.overfit_warning_evals)
+        self.batch_size = int(config.eval.batch_size)
+        keys = [k for k in ("x1", "x2", "x_est", "x_ref", "x_clean", method.noise2clean_input)
+                if k in images]
+        self.images = {k: images[k] for k in dict.fromkeys(keys)}
+        self.pixels = int(np.prod(images["x1"].shape[1:3]))
+        self.step_fn = jax.jit(partial(train_lib.validation_terms, method))
+        self.best = wd.checkpoint_manager(workdir, 1, subdir=wd.BEST,
+                                          best_fn=lambda m: m["val_loss"], best_mode="min",
+                                          keep_checkpoints_without_metrics=False)
+        step = self.best.best_step()
+        self.best_step = step
+        self.best_loss = float(self.best.metrics(step)["val_loss"]) if step is not None \
+            else float("inf")
+        self.history: list[tuple[float, float]] = []  # (validation loss, training fit term)
+        self.train_fit: list[float] = []
+        self.since_best = 0
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == total_steps)
+
+    def evaluate(self, params: Any) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        num = self.images["x1"].shape[0]
+        for start in range(0, num, self.batch_size):
+            batch = {k: jnp.asarray(v[start:start + self.batch_size])
+                     for k, v in self.images.items()}
+            terms, z = self.step_fn(params, batch)
+            b = z.shape[0]
+            scores = metrics.image_metrics(self.modality, z, batch["x_ref"])
+            for k, v in {**terms, **{f"oracle/{m}": jnp.mean(v) for m, v in scores.items()}
+                         }.items():
+                sums[k] = sums.get(k, 0.0) + b * float(v)
+        out = {k: v / num for k, v in sums.items()}
+        if "clean_error" in out:
+            out["oracle/clean_error"] = out.pop("clean_error")
+        return out
+
+    def update(self, step: int, params: Any, train_fit: float | None) -> tuple[dict, str]:
+        """Validates at ``step``; saves a new best checkpoint; returns (scalars, warning)."""
+        vals = self.evaluate(params)
+        loss = vals["loss"]
+        scalars = {f"val/{k}" if not k.startswith("oracle/") else k: v for k, v in vals.items()}
+        if train_fit is not None:
+            scalars["gap_per_px"] = train_fit - loss / self.pixels
+        improved = loss < self.best_loss
+        if improved:
+            self.best_loss, self.best_step, self.since_best = loss, step, 0
+            self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                           metrics={"val_loss": loss})
+        else:
+            self.since_best += 1
+        scalars["val/best_step"] = float(self.best_step)
+        self.history.append((loss, train_fit if train_fit is not None else float("nan")))
+        warning = ""
+        recent = self.history[-(self.warn_after + 1):]
+        if self.warn_after and len(recent) == self.warn_after + 1 and all(
+                b[0] > a[0] and b[1] < a[1] for a, b in zip(recent, recent[1:], strict=False)):
+            warning = (f"validation loss rose for {self.warn_after} evaluations in a row while "
+                       f"the training loss fell (step {step}): the networks fit the training "
+                       f"noise. The best checkpoint (step {self.best_step}) is kept; "
+                       "evaluate.py uses it.")
+            scalars["overfitting_warning"] = 1.0
+        return scalars, warning
+
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def close(self) -> None:
+        self.best.wait_until_finished()
+        self.best.close()
 
 
 def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -107,11 +200,27 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     start = mngr.latest_step() or 0
     if start:
         state = wd.restore_state(workdir / wd.CHECKPOINTS, start, state)
-    if start >= total_steps:
-        print(f"{workdir}: already trained to step {start} of {total_steps}; nothing to do.")
+    stopped = workdir / EARLY_STOP_FILE
+    if start >= total_steps or stopped.exists():
+        why = f"stopped early at step {start}" if stopped.exists() else \
+            f"already trained to step {start} of {total_steps}"
+        print(f"{workdir}: {why}; nothing to do.")
         mngr.close()
         return state, method
 
+    validator = None
+    val_split = config.data.validation_split
+    if int(tcfg.eval_every_steps) > 0:
+        if input_pipeline.has_split(config.data, val_split):
+            val_images = input_pipeline.load_split(config.data, val_split, config.modality)
+            validator = _Validator(config, method, workdir, val_images)
+        elif pid == 0:
+            print(f"Note: the dataset {config.data.name}/{config.data.config} has no "
+                  f"{val_split!r} split (built before validation splits existed): training "
+                  "without validation, best-checkpoint selection or early stopping. Rebuild it "
+                  "with data_prep to get one.")
+
+    patch_pixels = tcfg.patch_size_px ** 2
     train_step = train_lib.make_train_step(method, optimizer,
                                            out_shardings=(replicated, replicated))
     logger = _Logger(workdir, bool(tcfg.get("tensorboard", True)) and pid == 0)
@@ -120,7 +229,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                disable=pid != 0 or not tcfg.get("progress", True), desc=method.kind)
     order, order_epoch = None, -1
     t_last, s_last = time.perf_counter(), start
-    metrics = None
+    step_metrics = None
     for step in range(start, total_steps):
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
@@ -132,27 +241,53 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
         local = patches.random_patch_batch(key, images, idx, tcfg.patch_size_px,
                                            bool(tcfg.augment))
         batch = _globalise(local, batch_sharding, nproc)
-        state, metrics = train_step(state, batch, jax.random.fold_in(k_step, step))
+        state, step_metrics = train_step(state, batch, jax.random.fold_in(k_step, step))
         done = step + 1
+        validate = validator is not None and validator.due(done, total_steps)
         if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
-                or done == total_steps:
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                or done == total_steps or validate:
+            host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             train_lib.check_finite(host, done)
             now = time.perf_counter()
             rate = (done - s_last) * tcfg.batch_size / max(now - t_last, 1e-9)
             t_last, s_last = now, done
             logger.write(done, {**host, "epoch": epoch + (i + 1) / steps_per_epoch,
                                 "patches_per_s": rate})
-            bar.set_postfix(epoch=f"{epoch + 1}", loss=f"{host['total']:.4g}",
-                            patches_s=f"{rate:.0f}")
-            if done % tcfg.checkpoint_every_steps == 0 or done == total_steps:
+            postfix = {"epoch": f"{epoch + 1}", "loss": f"{host['total']:.4g}",
+                       "patches_s": f"{rate:.0f}"}
+            stop = False
+            if validator is not None:
+                validator.train_fit.append(host[method.kind] / patch_pixels)
+                if validate:
+                    train_fit = float(np.mean(validator.train_fit))
+                    validator.train_fit = []
+                    scalars, warning = validator.update(done, state.params, train_fit)
+                    logger.write(done, scalars)
+                    if warning and pid == 0:
+                        tqdm.write(f"Warning: {warning}")
+                    stop = validator.should_stop()
+                if validator.best_step is not None:
+                    postfix.update(val=f"{validator.best_loss:.4g}@{validator.best_step}")
+            bar.set_postfix(postfix)
+            if done % tcfg.checkpoint_every_steps == 0 or done == total_steps or stop:
                 wd.save_state(mngr, done, state)
+            if stop:
+                if pid == 0:
+                    wd.atomic_write(workdir / EARLY_STOP_FILE, json.dumps(
+                        {"step": done, "best_step": validator.best_step,
+                         "patience_evaluations": validator.patience}))
+                    tqdm.write(f"Early stop at step {done}: no better validation loss for "
+                               f"{validator.patience} evaluations (best: step "
+                               f"{validator.best_step}).")
+                break
         bar.update(1)
         if exit_at and done == exit_at:
             os._exit(3)  # simulates a crash between steps (tests of exact resume)
     bar.close()
     mngr.wait_until_finished()
     mngr.close()
+    if validator is not None:
+        validator.close()
     return state, method
 
 

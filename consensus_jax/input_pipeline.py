@@ -57,7 +57,8 @@ def dataset_dir(data_cfg: Any) -> Path:
 
 def _synthetic_split(data_cfg: Any, split: str, modality: str) -> dict[str, np.ndarray]:
     channels = 2 if modality == "mri" else 1
-    seed, num = (0, 24) if split == data_cfg.train_split else (1000, 6)
+    seed, num = {data_cfg.train_split: (0, 24),
+                 data_cfg.get("validation_split", "validation"): (2000, 6)}.get(split, (1000, 6))
     pairs = synthetic.noisy_pairs(num, 32, 0.5, seed=seed, channels=channels)
     out = {k: pairs[k] for k in ("x1", "x2", "x_est")}
     for k in IMAGE_KEYS[modality]:
@@ -65,6 +66,17 @@ def _synthetic_split(data_cfg: Any, split: str, modality: str) -> dict[str, np.n
     out["patient_id"] = np.repeat(np.arange(num // 3), 3).astype(np.int64)
     out["slice_index"] = np.tile(np.arange(3), num // 3).astype(np.int64)
     return out
+
+
+def has_split(data_cfg: Any, split: str) -> bool:
+    """Whether the prepared dataset has ``split`` (datasets built before the validation split
+    existed have only train and test)."""
+    if data_cfg.name == "synthetic":
+        return True
+    import json
+
+    info = json.loads((dataset_dir(data_cfg) / "dataset_info.json").read_text())
+    return any(s.get("name") == split for s in info.get("splits", []))
 
 
 def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str, ...] | None = None,

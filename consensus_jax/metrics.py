@@ -120,3 +120,11 @@ def mri_metrics(x: Array, ref: Array) -> dict[str, Array]:
     ax, ar = amp(x), amp(ref)
     data_range = jnp.max(ar, axis=(1, 2))
     return {"rmse_1e3": 1e3 * complex_rmse(x, ref), "ssim": 100.0 * ssim(ax, ar, data_range)}
+
+
+def image_metrics(modality: str, x: Array, ref: Array) -> dict[str, Array]:
+    """The table metrics of a [B, H, W, C] batch in the stored units (CT: HU / 1000, one channel;
+    MRI: normalised real and imaginary channels), per image."""
+    if modality == "ct":
+        return ct_metrics(1000.0 * jnp.asarray(x[..., 0]), 1000.0 * jnp.asarray(ref[..., 0]))
+    return mri_metrics(jnp.asarray(x), jnp.asarray(ref))

@@ -255,6 +255,51 @@ def denoise(method: Method, params: dict[str, Any], x1: Array, x2: Array | None 
     return y
 
 
+def validation_terms(method: Method, params: dict[str, Any], batch: Batch
+                     ) -> tuple[dict[str, Array], Array]:
+    """The method's own training loss on whole held-out slices, and the denoised images.
+
+    The loss needs no clean image except for noise2clean, whose training needs one anyway:
+      * consensus: ``Ln`` of Eq. 8 (without Lw and Lr). On slices the networks never saw, the
+        cross terms of Eq. 8 have zero mean when n2 is zero-mean given x + n1, so this estimates
+        the clean consensus error of Eq. 7 plus a constant (docs/validation.md);
+      * noise2noise: Eq. 2 in both directions, ``(||f(x1) - x2||^2 + ||f(x2) - x1||^2) / 2``;
+      * noise2clean: Eq. 1 from the configured input to ``x_ref``.
+    Also ``disagreement`` (``||y1 - y2||^2``; consensus and noise2noise) and, where the batch has
+    ``x_clean``, ``clean_error`` = ``||z - x_clean||^2`` (Eq. 7 for the pair): an oracle, never
+    used for selection. Every value is a batch mean of per-image sums, like the training terms.
+
+    Args:
+      batch: whole slices [B, H, W, C] of any size (padded to 2**depth and cropped back).
+    Returns:
+      (terms, z) with z [B, H, W, C] the denoised images (noise2noise: both halves averaged).
+    """
+    model = UNet(method.model)
+    apply_fn = partial(_apply, model)
+    m = method.model.size_multiple
+    nets = split_params(method, params)
+    if method.kind == "noise2clean":
+        z = apply_padded(apply_fn, nets[0], batch[method.noise2clean_input], m)
+        loss, _ = losses.noise2clean(z, batch["x_ref"])
+        terms = {"loss": loss}
+    else:
+        second = nets[1] if method.kind == "consensus" else nets[0]
+        y1 = apply_padded(apply_fn, nets[0], batch["x1"], m)
+        y2 = apply_padded(apply_fn, second, batch["x2"], m)
+        if method.kind == "consensus":
+            loss, t = losses.consensus_loss(y1, y2, batch["x1"], batch["x2"])
+            disagreement = t["disagreement"]
+        else:
+            loss = 0.5 * (losses.noise2noise(y1, batch["x2"])[0]
+                          + losses.noise2noise(y2, batch["x1"])[0])
+            disagreement = jnp.mean(losses.squared_norm(y1 - y2))
+        terms = {"loss": loss, "disagreement": disagreement}
+        z = losses.consensus_average(y1, y2)
+    if "x_clean" in batch:
+        terms["clean_error"] = jnp.mean(losses.squared_norm(z - batch["x_clean"]))
+    return terms, z
+
+
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of every process, axis "data" (the batch is sharded over it,
     the parameters replicated)."""

@@ -67,7 +67,11 @@ def atomic_write(path: str | Path, data: str | bytes, keep: bool = False) -> Pat
 
 #: Config keys added after runs were first stored, with the value that older runs used: a
 #: stored config without the key reads as (and compares equal to) one that gives it this value.
-ADDED_KEY_DEFAULTS = MappingProxyType({"optim.schedule": "constant"})
+ADDED_KEY_DEFAULTS = MappingProxyType({
+    "optim.schedule": "constant",
+    "data.validation_split": "validation", "train.eval_every_steps": 0,
+    "train.early_stop_patience": 0, "train.overfit_warning_evals": 3,
+})
 
 #: Config keys that runs stored before they were removed; ignored when reading a stored config.
 REMOVED_KEYS = frozenset({"train.debug_exit_at_step"})
@@ -78,6 +82,7 @@ RUNTIME_KEYS = frozenset({
     "model.layer_impl",
     "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.tensorboard", "train.progress", "data.data_dir", "eval.batch_size",
+    "train.eval_every_steps", "train.overfit_warning_evals", "data.validation_split",
 })
 
 
@@ -145,6 +150,8 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
 # whole TrainState); they are still restored, and resumed runs save new steps in the new layout.
 
 CHECKPOINTS = "checkpoints"
+#: The checkpoint with the lowest validation loss (parameters only), kept beside the latest.
+BEST = "best"
 
 
 def checkpoint_manager(workdir: Path, keep: int, subdir: str = CHECKPOINTS,

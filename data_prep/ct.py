@@ -172,7 +172,9 @@ def calibrate(config, photons: list[float], slices_per_patient: int | None = Non
         raise SystemExit("--calibrate uses the built-in virtual patients (source=phantom).")
     geometry = config.scan_geometry()
     mask = np.ones(geometry.image.shape, bool)
-    patients = list_patients(config, None)
+    # Training and test patients only, so that the figures of presets made before the
+    # validation patients existed stay reproducible.
+    patients = [p for p in list_patients(config, None) if p.split in ("train", "test")]
     squared = {"train": [], "test": []}
     for patient in tqdm(patients, desc="calibration", unit="patient"):
         hu = load_slices(config, patient)

@@ -126,8 +126,28 @@ def test_reuse_refuses_a_dataset_built_with_other_settings(tiny_ct_data_dir):
     from data_prep import check_reused_dataset
 
     config = _config()
-    folder = tiny_ct_data_dir / "ct_consensus" / "tiny" / "1.0.0"
+    from data_prep.ct_consensus.ct_consensus_dataset_builder import VERSION
+
+    folder = tiny_ct_data_dir / "ct_consensus" / "tiny" / VERSION
     check_reused_dataset(folder, config.metadata())  # what the builder wrote: accepted
     changed = _config(photons_per_ray=1e4, name="tiny_i0")
     with pytest.raises(SystemExit, match=r"photons_per_ray_full_dose: stored 13000.0, now 10000.0"):
         check_reused_dataset(folder, changed.metadata())
+
+
+@pytest.mark.parametrize("modality", ["ct", "mri"])
+def test_validation_patients_are_whole_and_leave_train_and_test_unchanged(modality):
+    import dataclasses
+
+    if modality == "ct":
+        from data_prep.ct_consensus.ct_consensus_dataset_builder import PRESETS, list_patients
+    else:
+        from data_prep.mri_consensus.mri_consensus_dataset_builder import PRESETS, list_patients
+    preset = PRESETS["quick"]
+    with_val = list_patients(preset, None)
+    without = list_patients(dataclasses.replace(preset, num_validation_patients=0), None)
+    by_split = {s: [p for p in with_val if p.split == s] for s in ("train", "test", "validation")}
+    assert len(by_split["validation"]) == preset.num_validation_patients >= 1
+    assert by_split["train"] + by_split["test"] == without
+    ids = {s: {p.patient_id for p in v} for s, v in by_split.items()}
+    assert not (ids["validation"] & (ids["train"] | ids["test"]))

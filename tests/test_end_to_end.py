@@ -48,4 +48,16 @@ def test_evaluate_writes_table_csv_json_and_figure(runs, tmp_path):
         assert any((root / kind / "tensorboard").iterdir())
         assert (root / kind / "config.json").exists()
         summary = json.loads((root / kind / "eval_summary.json").read_text())
-        assert summary["step"] == 4 and len(summary) >= 3
+        # The best checkpoint by the validation loss (evaluated at steps 3 and 4).
+        assert summary["step"] in (3, 4) and len(summary) >= 3
+        assert (root / kind / "best").is_dir()
+    assert "best validation loss" in table.splitlines()[0]
+
+
+def test_dataset_without_the_validation_split_trains_with_a_note(tiny_ct_data_dir, tmp_path):
+    stdout = _run("train.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
+                  f"--config.data.data_dir={tiny_ct_data_dir}", "--config.data.name=ct_consensus",
+                  "--config.data.config=tiny", "--config.train.num_steps=2",
+                  "--config.train.tensorboard=False", "--config.data.validation_split=held_out")
+    assert "has no 'held_out' split" in stdout
+    assert not (tmp_path / "run" / "best").exists()

@@ -34,7 +34,7 @@ def _train_cli(workdir, *extra, env=None):
                           env={**os.environ, **(env or {})})
 
 
-def _params(workdir, step=None):
+def _params(workdir, step="latest"):
     _, params, step, _ = evaluation.load_run(workdir, step)
     return params, step
 
@@ -67,6 +67,12 @@ def test_resume_after_crash_matches_uninterrupted(reference_run, tmp_path):
     _assert_same_params(params, ref, atol=1e-6)
     assert not np.allclose(jax.tree_util.tree_leaves(params6)[0],
                            jax.tree_util.tree_leaves(params)[0])
+    # The checkpoint of the best validation loss survives the crash and the resume: the same
+    # step and parameters as the uninterrupted run's.
+    best, best_step = _params(tmp_path, "best")
+    ref_best, ref_best_step = _params(reference_run, "best")
+    assert best_step == ref_best_step
+    _assert_same_params(best, ref_best, atol=1e-6)
 
 
 def test_four_device_sharded_training_equals_single_device(reference_run, tmp_path):
@@ -109,7 +115,7 @@ def test_cosine_schedule_run_trains_and_restores(reference_run, tmp_path):
     assert step == 12
     # Same seed and batches, smaller steps after the first: the parameters differ.
     assert not np.allclose(jax.tree_util.tree_leaves(params)[0], jax.tree_util.tree_leaves(ref)[0])
-    method, restored, _, _ = evaluation.load_run(tmp_path)
+    method, restored, _, _ = evaluation.load_run(tmp_path, "latest")
     _assert_same_params(restored, params, atol=0)
 
 

@@ -29,11 +29,14 @@ from consensus_jax import features
 from consensus_jax.ct import geometry as ct_geometry
 from consensus_jax.ct import io as ct_io
 from consensus_jax.phantoms import abdomen
+from data_prep.splits import check_patient_counts, split_of, used_splits
 
 #: Full-dose photons per ray of each preset, from `python -m data_prep.ct --calibrate
 #: --config=<name>` (every virtual patient): quarter-dose FBP vs full-dose FBP RMSE of about
 #: 27.6 HU over the image, the paper's FBP row (the sweeps: docs/EXPERIMENTS.md). The dicom and
 #: numpy presets use the paper's value.
+VERSION = "1.1.0"
+
 CALIBRATED_PHOTONS = {"tiny": 1.3e4, "quick": 2.5e4, "paper": 5.0e4}
 
 
@@ -53,6 +56,8 @@ class CtConfig(tfds.core.BuilderConfig):
       electronic_noise_counts: std of the additive electronic noise, counts.
       split: view split registered in consensus_jax.ct.split ("odd_even": the paper).
       num_train_patients, num_test_patients: paper 8 and 2.
+      num_validation_patients: whole patients held out for model selection (not in the paper;
+        label-free, see consensus_jax/experiment.py); listed after the test patients.
       slices_per_patient: paper 50, drawn at random per patient from ``seed``.
       seed: selects virtual patients, slices and every noise realisation.
     """
@@ -69,6 +74,7 @@ class CtConfig(tfds.core.BuilderConfig):
     split: str = "odd_even"
     num_train_patients: int = 8
     num_test_patients: int = 2
+    num_validation_patients: int = 2
     slices_per_patient: int = 50
     seed: int = 0
 
@@ -105,6 +111,7 @@ class CtConfig(tfds.core.BuilderConfig):
             "split": self.split, "seed": self.seed,
             "num_train_patients": self.num_train_patients,
             "num_test_patients": self.num_test_patients,
+            "num_validation_patients": self.num_validation_patients,
             "slices_per_patient": self.slices_per_patient,
             "fbp_filter": "ramp apodised by a Hann window, cutoff 1.0 (Nyquist)",
         }
@@ -114,26 +121,31 @@ def _preset(name: str, description: str, **kwargs) -> CtConfig:
     photons = CALIBRATED_PHOTONS.get(name)
     if photons is not None:
         kwargs.setdefault("photons_per_ray", photons)
-    return CtConfig(name=name, version=tfds.core.Version("1.0.0"), description=description,
+    return CtConfig(name=name, version=tfds.core.Version(VERSION), description=description,
                     **kwargs)
 
 
 PRESETS = {
-    "tiny": _preset("tiny", "Tests: 64 px, 180 views, 2+1 virtual patients x 3 slices.",
+    "tiny": _preset("tiny", "Tests: 64 px, 180 views, 2+1(+1 validation) virtual patients x "
+                    "3 slices.",
                     size_px=64, num_views=180, detector_binning=8, num_train_patients=2,
-                    num_test_patients=1, slices_per_patient=3),
+                    num_test_patients=1, num_validation_patients=1, slices_per_patient=3),
     "quick": _preset("quick", "CPU demo: 256 px, 1152 views (736 channels binned by 2), 8+2 "
-                     "virtual patients x 8 slices.", size_px=256, num_views=1152,
-                     detector_binning=2, slices_per_patient=8),
+                     "(+1 validation) virtual patients x 8 slices.", size_px=256, num_views=1152,
+                     detector_binning=2, num_validation_patients=1, slices_per_patient=8),
     "paper": _preset("paper", "The paper's size: 512 px, 2304 views, 736 channels, 8+2 virtual "
-                     "patients x 50 slices.", size_px=512, num_views=2304),
+                     "(+2 validation) patients x 50 slices.", size_px=512, num_views=2304),
     "dicom": _preset("dicom", "Your DICOM series (--manual_dir: one folder per patient), "
-                     "resampled to 512 px at 0.742 mm, 2304 views; 50 random slices each.",
-                     source="dicom", size_px=512, num_views=2304,
+                     "resampled to 512 px at 0.742 mm, 2304 views; 50 random slices each; 7 "
+                     "train, 2 test, 1 validation patients (the Grand Challenge's 10).",
+                     source="dicom", size_px=512, num_views=2304, num_train_patients=7,
+                     num_validation_patients=1,
                      photons_per_ray=CALIBRATED_PHOTONS["paper"]),
     "numpy": _preset("numpy", "Your .npy/.npz stacks in HU (--manual_dir: one file per "
-                     "patient), resampled to 512 px, 2304 views; 50 random slices each.",
-                     source="numpy", size_px=512, num_views=2304,
+                     "patient), resampled to 512 px, 2304 views; 50 random slices each; 7 train, "
+                     "2 test, 1 validation patients.",
+                     source="numpy", size_px=512, num_views=2304, num_train_patients=7,
+                     num_validation_patients=1,
                      photons_per_ray=CALIBRATED_PHOTONS["paper"]),
 }
 
@@ -156,19 +168,19 @@ class PatientSource:
 def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSource]:
     """Patients of every split, deterministic in ``config.seed``."""
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    if n_train < 1 or n_test < 1:
-        raise ValueError(f"Need >= 1 training and >= 1 test patient, got {n_train} and {n_test}.")
+    n_all = n_train + n_test + config.num_validation_patients
+    check_patient_counts(n_train, n_test, config.num_validation_patients)
     if config.source == "phantom":
         total = abdomen.ABDOMEN_LENGTH_MM / abdomen.SLICE_SPACING_MM
         rng = np.random.default_rng([config.seed, 7])
         out = []
-        for i in range(n_train + n_test):
+        for i in range(n_all):
             if config.slices_per_patient > total:
                 raise ValueError(f"slices_per_patient={config.slices_per_patient} exceeds the "
                                  f"{int(total)} slices of a virtual patient.")
             slices = np.sort(rng.choice(int(total), config.slices_per_patient, replace=False))
             seed = 1000 * config.seed + i
-            out.append(PatientSource(f"virtual-{seed:04d}", i, "train" if i < n_train else "test",
+            out.append(PatientSource(f"virtual-{seed:04d}", i, split_of(i, n_train, n_test),
                                      tuple(int(s) for s in slices), str(seed)))
         return out
     if manual_dir is None or not Path(manual_dir).is_dir():
@@ -184,16 +196,18 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
         entries = sorted(p for p in root.iterdir() if p.suffix in (".npy", ".npz"))
     else:
         raise ValueError(f"CtConfig.source must be phantom, dicom or numpy, got {config.source!r}.")
-    if len(entries) < n_train + n_test:
+    if len(entries) < n_all:
         raise ValueError(f"{root} holds {len(entries)} patients; the config needs "
-                         f"{n_train} + {n_test}. Lower num_train_patients/num_test_patients.")
+                         f"{n_train} + {n_test} + {config.num_validation_patients} (train, test, "
+                         "validation). Lower num_train_patients/num_test_patients/"
+                         "num_validation_patients.")
     order = np.random.default_rng([config.seed, 11]).permutation(len(entries))
-    chosen = [entries[i] for i in order[:n_train + n_test]]
+    chosen = [entries[i] for i in order[:n_all]]
     out = []
     for i, path in enumerate(chosen):
         volume = _read_volume(config, path)
         slices = ct_io.sample_slices(volume, config.slices_per_patient, config.seed)
-        out.append(PatientSource(volume.patient_id, i, "train" if i < n_train else "test",
+        out.append(PatientSource(volume.patient_id, i, split_of(i, n_train, n_test),
                                  tuple(int(s) for s in slices), str(path)))
     return out
 
@@ -228,8 +242,9 @@ def slice_key(config: CtConfig, patient_id: int, slice_index: int):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Split quarter-dose CT pairs for consensus training (Wu et al. 2019, Section 3.1)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "A validation split of whole patients (after the test patients)."}
     BUILDER_CONFIGS = list(PRESETS.values())
     DEFAULT_CONFIG_NAME = "quick"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -250,7 +265,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         manual = dl_manager.manual_dir if config.source != "phantom" else None
         patients = list_patients(config, Path(manual) if manual else None)
         return {split: self._generate_examples([p for p in patients if p.split == split])
-                for split in ("train", "test")}
+                for split in used_splits(config.num_validation_patients)}
 
     def _generate_examples(self, patients: list[PatientSource]) -> Iterator[tuple[str, dict]]:
         from tqdm.auto import tqdm

@@ -39,6 +39,9 @@ from consensus_jax.mri.pipeline import ConsensusMRIConfig
 from consensus_jax.mri.simulate import CoilSimulation
 from consensus_jax.phantoms.knee import virtual_knee
 from consensus_jax.phantoms.mni import mni152_slices
+from data_prep.splits import check_patient_counts, split_of, used_splits
+
+VERSION = "1.1.0"
 
 SOURCES = ("phantom", "mni", "fastmri")
 #: Axial range of the MNI152 template (1 mm slices) split into "patients": the cerebrum.
@@ -63,6 +66,8 @@ class MriConfig(tfds.core.BuilderConfig):
       sense_lambda, sense_iterations: CG-SENSE Tikhonov weight and iterations (x_est).
       map_threshold: coil-map support, relative to the peak of the low-resolution RSS.
       num_train_patients, num_test_patients: paper 16 and 4.
+      num_validation_patients: whole patients held out for model selection (not in the paper);
+        listed after the test patients.
       slices_per_patient: slices per patient (paper: 31 to 35); fastmri: 0 takes every slice
         of a file, n > 0 at most n slices drawn at random.
       seed: selects virtual patients, slices and every random draw of every slice.
@@ -81,6 +86,7 @@ class MriConfig(tfds.core.BuilderConfig):
     map_threshold: float = 0.05
     num_train_patients: int = 16
     num_test_patients: int = 4
+    num_validation_patients: int = 2
     slices_per_patient: int = 32
     seed: int = 0
 
@@ -102,9 +108,8 @@ class MriConfig(tfds.core.BuilderConfig):
         if self.source != "fastmri" and self.height_px != self.width_px:
             raise ValueError(f"The {self.source!r} source makes square images: set height_px = "
                              f"width_px (got {self.height_px} x {self.width_px}).")
-        if self.num_train_patients < 1 or self.num_test_patients < 1:
-            raise ValueError(f"Need >= 1 training and >= 1 test patient, got "
-                             f"{self.num_train_patients} and {self.num_test_patients}.")
+        check_patient_counts(self.num_train_patients, self.num_test_patients,
+                             self.num_validation_patients)
         if self.slices_per_patient < (0 if self.source == "fastmri" else 1):
             raise ValueError(f"slices_per_patient={self.slices_per_patient}: ask for at least one "
                              "slice per patient (fastmri: 0 takes every slice).")
@@ -134,34 +139,37 @@ class MriConfig(tfds.core.BuilderConfig):
             "x_clean": "noiseless fully sampled image" if simulated else "equal to x_ref",
             "seed": self.seed, "num_train_patients": self.num_train_patients,
             "num_test_patients": self.num_test_patients,
+            "num_validation_patients": self.num_validation_patients,
             "slices_per_patient": self.slices_per_patient,
         }
 
 
 def _preset(name: str, description: str, **kwargs) -> MriConfig:
-    config = MriConfig(name=name, version=tfds.core.Version("1.0.0"), description=description,
+    config = MriConfig(name=name, version=tfds.core.Version(VERSION), description=description,
                        **kwargs)
     config.validate()
     return config
 
 
 PRESETS = {
-    "tiny": _preset("tiny", "Tests: 64 px knees, 4 coils, 8 centre lines, 2+1 patients x 3 "
-                    "slices.", height_px=64, width_px=64, num_coils=4, num_center_lines=8,
-                    num_train_patients=2, num_test_patients=1, slices_per_patient=3),
-    "quick": _preset("quick", "CPU demo: 128 px knees, 8 coils, 16 centre lines, 8+2 patients x "
-                     "8 slices.", height_px=128, width_px=128, num_coils=8,
-                     num_center_lines=16, num_train_patients=8, num_test_patients=2,
-                     slices_per_patient=8),
+    "tiny": _preset("tiny", "Tests: 64 px knees, 4 coils, 8 centre lines, 2+1(+1 validation) "
+                    "patients x 3 slices.", height_px=64, width_px=64, num_coils=4,
+                    num_center_lines=8, num_train_patients=2, num_test_patients=1,
+                    num_validation_patients=1, slices_per_patient=3),
+    "quick": _preset("quick", "CPU demo: 128 px knees, 8 coils, 16 centre lines, 8+2(+1 "
+                     "validation) patients x 8 slices.", height_px=128, width_px=128,
+                     num_coils=8, num_center_lines=16, num_train_patients=8,
+                     num_test_patients=2, num_validation_patients=1, slices_per_patient=8),
     "knee": _preset("knee", "The paper's setting: 320 px knees, 15 coils, 48 centre lines, 4x, "
-                    "16+4 patients x 32 slices."),
-    "mni": _preset("mni", "MNI152 T1 template (nilearn), 128 px, 8 coils, 16 centre lines, 8+2 "
-                   "blocks of adjacent slices x 8.", source="mni", height_px=128, width_px=128,
-                   num_coils=8, num_center_lines=16, num_train_patients=8,
-                   num_test_patients=2, slices_per_patient=8),
+                    "16+4(+2 validation) patients x 32 slices."),
+    "mni": _preset("mni", "MNI152 T1 template (nilearn), 128 px, 8 coils, 16 centre lines, 8+2(+1 "
+                   "validation) blocks of adjacent slices x 8.", source="mni", height_px=128,
+                   width_px=128, num_coils=8, num_center_lines=16, num_train_patients=8,
+                   num_test_patients=2, num_validation_patients=1, slices_per_patient=8),
     "fastmri": _preset("fastmri", "Your fastMRI multi-coil knee files (--manual_dir: one .h5 "
-                       "per patient), 320 x 368, 48 centre lines, 4x, 16+4 patients, every "
-                       "slice.", source="fastmri", height_px=320, width_px=368,
+                       "per patient), 320 x 368, 48 centre lines, 4x, 16+4(+2 "
+                       "validation) patients, every slice.", source="fastmri", height_px=320,
+                       width_px=368,
                        slices_per_patient=0),
 }
 
@@ -194,11 +202,12 @@ def list_patients(config: MriConfig, manual_dir: Path | None) -> list[PatientSou
     """Patients of every split (train first), deterministic in ``config.seed``."""
     config.validate()
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    split = lambda i: "train" if i < n_train else "test"  # noqa: E731
+    n_all = n_train + n_test + config.num_validation_patients
+    split = lambda i: split_of(i, n_train, n_test)  # noqa: E731
     num = config.slices_per_patient
     if config.source == "phantom":
         out = []
-        for i in range(n_train + n_test):
+        for i in range(n_all):
             seed = 1000 * config.seed + i
             out.append(PatientSource(f"knee-{seed:04d}", i, split(i), tuple(range(num)),
                                      str(seed)))
@@ -206,7 +215,7 @@ def list_patients(config: MriConfig, manual_dir: Path | None) -> list[PatientSou
     if config.source == "mni":
         _require_nilearn()
         z0, z1 = MNI_Z_RANGE
-        n = n_train + n_test
+        n = n_all
         if n * num > z1 - z0:
             raise ValueError(f"{n} patients x {num} slices exceed the {z1 - z0} template slices "
                              f"z in [{z0}, {z1}); lower slices_per_patient or the patient counts.")
@@ -231,13 +240,16 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
             f"which is {manual_dir!r}. Point it at a folder with one .h5 file per patient.")
     files = sorted(Path(manual_dir).glob("*.h5"))
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    if len(files) < n_train + n_test:
+    n_all = n_train + n_test + config.num_validation_patients
+    if len(files) < n_all:
         raise ValueError(f"{manual_dir} holds {len(files)} .h5 files; the config needs "
-                         f"{n_train} + {n_test} patients. Add files or lower num_train_patients/"
-                         "num_test_patients (--config.<field>=... --config.name=...).")
+                         f"{n_train} + {n_test} + {config.num_validation_patients} patients "
+                         "(train, test, validation). Add files or lower num_train_patients/"
+                         "num_test_patients/num_validation_patients (--config.<field>=... "
+                         "--config.name=...).")
     order = np.random.default_rng([config.seed, 11]).permutation(len(files))
     out = []
-    for i, k in enumerate(order[:n_train + n_test]):
+    for i, k in enumerate(order[:n_all]):
         path = files[k]
         header, num_slices, _ = read_fastmri_header(path)
         if header.recon_matrix[0] != config.height_px:
@@ -251,7 +263,7 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
         if 0 < config.slices_per_patient < num_slices:
             rng = np.random.default_rng([config.seed, zlib.crc32(path.stem.encode())])
             slices = np.sort(rng.choice(num_slices, config.slices_per_patient, replace=False))
-        out.append(PatientSource(path.stem, i, "train" if i < n_train else "test",
+        out.append(PatientSource(path.stem, i, split_of(i, n_train, n_test),
                                  tuple(int(s) for s in slices), str(path)))
     return out
 
@@ -340,8 +352,9 @@ def patient_examples(config: MriConfig, source: PatientSource
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Split undersampled MRI pairs for consensus training (Wu et al. 2019, Section 3.1)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "A validation split of whole patients (after the test patients)."}
     BUILDER_CONFIGS = list(PRESETS.values())
     DEFAULT_CONFIG_NAME = "quick"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -362,7 +375,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         manual = dl_manager.manual_dir if config.source == "fastmri" else None
         patients = list_patients(config, Path(manual) if manual else None)
         return {split: self._generate_examples([p for p in patients if p.split == split])
-                for split in ("train", "test")}
+                for split in used_splits(config.num_validation_patients)}
 
     def _generate_examples(self, patients: list[PatientSource]) -> Iterator[tuple[str, dict]]:
         from tqdm.auto import tqdm

@@ -1,0 +1,20 @@
+"""MRI quick set trained 4,000 steps with the quick schedule (1e-3, half-cosine), label-free
+validation every 100 steps, a checkpoint every 500 for the test trajectory.
+
+Run: python ablation.py --config=configs/mri_quick_long.py --grid=consensus --seeds=0 \
+  --root=work_dirs/mri_long --out=results/mri_long_consensus
+Results and wall times: docs/EXPERIMENTS.md ("How long to train").
+"""
+
+from configs import mri_quick
+
+
+def get_config():
+    config = mri_quick.get_config()
+    config.train.num_steps = 4000
+    config.train.eval_every_steps = 100
+    config.train.log_every_steps = 100
+    config.train.checkpoint_every_steps = 500
+    config.train.keep_checkpoints = 10
+    config.train.tensorboard = False
+    return config
