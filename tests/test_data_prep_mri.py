@@ -217,7 +217,8 @@ def test_fastmri_files_build_and_read_back(tmp_path):
     kspaces = {f"file100000{i}": _fake_file(manual / f"file100000{i}.h5", i, ky, acq)
                for i, (ky, acq) in enumerate([(40, (4, 36)), (42, (5, 37)), (40, (4, 36))])}
     changes = ["height_px=32", "width_px=40", "num_center_lines=8", "num_train_patients=2",
-               "num_test_patients=1", "sense_iterations=10", "name=fake_fastmri"]
+               "num_test_patients=1", "num_validation_patients=0", "sense_iterations=10",
+               "name=fake_fastmri"]
     argv = ["--config=fastmri", f"--data_dir={tmp_path / 'tfds'}", f"--manual_dir={manual}"
             ] + [f"--config.{c}" for c in changes]
     assert prep.main(argv) == 0
@@ -247,6 +248,7 @@ def test_fastmri_width_that_cuts_acquired_columns_is_refused(tmp_path):
     _fake_file(tmp_path / "a.h5", 0, 40, (4, 36), slices=1)
     _fake_file(tmp_path / "b.h5", 1, 40, (4, 36), slices=1)
     config = _config("fastmri", height_px=32, width_px=24, num_center_lines=8,
-                     num_train_patients=1, num_test_patients=1, name="narrow")
+                     num_train_patients=1, num_test_patients=1, num_validation_patients=0,
+                     name="narrow")
     with pytest.raises(ValueError, match="width_px=24"):
         builder_lib.list_patients(config, tmp_path)

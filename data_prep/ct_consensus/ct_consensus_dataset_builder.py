@@ -29,14 +29,14 @@ from consensus_jax import features
 from consensus_jax.ct import geometry as ct_geometry
 from consensus_jax.ct import io as ct_io
 from consensus_jax.phantoms import abdomen
-from data_prep.splits import check_patient_counts, split_of, used_splits
+from data_prep import splits
+
+slice_key = splits.slice_key  # a slice's random key, also used by data_prep and the tests
 
 #: Full-dose photons per ray of each preset, from `python -m data_prep.ct --calibrate
 #: --config=<name>` (every virtual patient): quarter-dose FBP vs full-dose FBP RMSE of about
 #: 27.6 HU over the image, the paper's FBP row (the sweeps: docs/EXPERIMENTS.md). The dicom and
 #: numpy presets use the paper's value.
-VERSION = "1.1.0"
-
 CALIBRATED_PHOTONS = {"tiny": 1.3e4, "quick": 2.5e4, "paper": 5.0e4}
 
 
@@ -121,7 +121,7 @@ def _preset(name: str, description: str, **kwargs) -> CtConfig:
     photons = CALIBRATED_PHOTONS.get(name)
     if photons is not None:
         kwargs.setdefault("photons_per_ray", photons)
-    return CtConfig(name=name, version=tfds.core.Version(VERSION), description=description,
+    return CtConfig(name=name, version=tfds.core.Version(splits.VERSION), description=description,
                     **kwargs)
 
 
@@ -154,22 +154,14 @@ PRESETS = {
 # Sources: the list of patients, the slices drawn from each, and their HU images on the grid.
 
 
-@dataclasses.dataclass(frozen=True)
-class PatientSource:
-    """One patient: an id, its split and a loader of [S, H, W] HU slices on the grid."""
-
-    patient: str
-    patient_id: int
-    split: str
-    slice_indices: tuple[int, ...]
-    location: str  # phantom seed, DICOM folder or NumPy file
+PatientSource = splits.PatientSource
 
 
 def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSource]:
     """Patients of every split, deterministic in ``config.seed``."""
     n_train, n_test = config.num_train_patients, config.num_test_patients
     n_all = n_train + n_test + config.num_validation_patients
-    check_patient_counts(n_train, n_test, config.num_validation_patients)
+    splits.check_patient_counts(n_train, n_test, config.num_validation_patients)
     if config.source == "phantom":
         total = abdomen.ABDOMEN_LENGTH_MM / abdomen.SLICE_SPACING_MM
         rng = np.random.default_rng([config.seed, 7])
@@ -180,7 +172,7 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
                                  f"{int(total)} slices of a virtual patient.")
             slices = np.sort(rng.choice(int(total), config.slices_per_patient, replace=False))
             seed = 1000 * config.seed + i
-            out.append(PatientSource(f"virtual-{seed:04d}", i, split_of(i, n_train, n_test),
+            out.append(PatientSource(f"virtual-{seed:04d}", i, splits.split_of(i, n_train, n_test),
                                      tuple(int(s) for s in slices), str(seed)))
         return out
     if manual_dir is None or not Path(manual_dir).is_dir():
@@ -207,7 +199,7 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
     for i, path in enumerate(chosen):
         volume = _read_volume(config, path)
         slices = ct_io.sample_slices(volume, config.slices_per_patient, config.seed)
-        out.append(PatientSource(volume.patient_id, i, split_of(i, n_train, n_test),
+        out.append(PatientSource(volume.patient_id, i, splits.split_of(i, n_train, n_test),
                                  tuple(int(s) for s in slices), str(path)))
     return out
 
@@ -231,58 +223,32 @@ def load_slices(config: CtConfig, source: PatientSource) -> np.ndarray:
     return ct_io.resample_to_grid(hu, volume.pixel_size_mm, config.size_px, grid_mm)
 
 
-def slice_key(config: CtConfig, patient_id: int, slice_index: int):
-    """The jax.random key of one slice's noise: a function of (seed, patient, slice) only."""
-    import jax
+def patient_examples(config: CtConfig, source: PatientSource) -> Iterator[tuple[int, dict]]:
+    """(slice index, image features) of each chosen slice of one patient."""
+    from consensus_jax.ct import simulate
 
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), patient_id)
-    return jax.random.fold_in(key, slice_index)
+    geometry = config.scan_geometry()
+    hu = load_slices(config, source)
+    for hu_slice, index in zip(hu, source.slice_indices, strict=True):
+        images = simulate.simulate_slice(
+            hu_slice, geometry, config.photons_per_ray,
+            slice_key(config, source.patient_id, index), config.dose_fraction,
+            split=config.split, electronic_noise_counts=config.electronic_noise_counts)
+        yield index, {k: np.asarray(images[k], np.float32)[..., None]
+                      for k in features.CT_IMAGE_KEYS}
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(splits.PatientSplitBuilder):
     """Split quarter-dose CT pairs for consensus training (Wu et al. 2019, Section 3.1)."""
 
-    VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {"1.0.0": "First release.",
-                     "1.1.0": "A validation split of whole patients (after the test patients)."}
     BUILDER_CONFIGS = list(PRESETS.values())
-    DEFAULT_CONFIG_NAME = "quick"
+    MANUAL_SOURCES = frozenset({"dicom", "numpy"})
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Only for the dicom/numpy configs: put one sub-folder of CT DICOM files (dicom) or one "
         ".npy/.npz HU stack (numpy) per patient into --manual_dir.")
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        config: CtConfig = self.builder_config
-        return self.dataset_info_from_configs(
-            features=features.ct_features(config.size_px),
-            metadata=tfds.core.MetadataDict(config.metadata()),
-            homepage="https://doi.org/10.1007/978-3-030-32248-9_81",
-            description=__doc__,
-        )
+    list_patients = staticmethod(list_patients)
+    patient_examples = staticmethod(patient_examples)
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        config: CtConfig = self.builder_config
-        manual = dl_manager.manual_dir if config.source != "phantom" else None
-        patients = list_patients(config, Path(manual) if manual else None)
-        return {split: self._generate_examples([p for p in patients if p.split == split])
-                for split in used_splits(config.num_validation_patients)}
-
-    def _generate_examples(self, patients: list[PatientSource]) -> Iterator[tuple[str, dict]]:
-        from tqdm.auto import tqdm
-
-        from consensus_jax.ct import simulate
-
-        config: CtConfig = self.builder_config
-        geometry = config.scan_geometry()
-        for source in tqdm(patients, desc=f"patients ({patients[0].split})", unit="patient"):
-            hu = load_slices(config, source)
-            for hu_slice, index in zip(hu, source.slice_indices, strict=True):
-                images = simulate.simulate_slice(
-                    hu_slice, geometry, config.photons_per_ray,
-                    slice_key(config, source.patient_id, index), config.dose_fraction,
-                    split=config.split, electronic_noise_counts=config.electronic_noise_counts)
-                example = {k: np.asarray(images[k], np.float32)[..., None]
-                           for k in features.CT_IMAGE_KEYS}
-                yield f"{source.patient}-{index:04d}", {
-                    **example, "patient": source.patient, "patient_id": source.patient_id,
-                    "slice_index": index}
+    def features(self, config):
+        return features.ct_features(config.size_px)

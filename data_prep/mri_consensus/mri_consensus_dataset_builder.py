@@ -39,9 +39,9 @@ from consensus_jax.mri.pipeline import ConsensusMRIConfig
 from consensus_jax.mri.simulate import CoilSimulation
 from consensus_jax.phantoms.knee import virtual_knee
 from consensus_jax.phantoms.mni import mni152_slices
-from data_prep.splits import check_patient_counts, split_of, used_splits
+from data_prep import splits
 
-VERSION = "1.1.0"
+slice_key = splits.slice_key  # a slice's random key, also used by data_prep and the tests
 
 SOURCES = ("phantom", "mni", "fastmri")
 #: Axial range of the MNI152 template (1 mm slices) split into "patients": the cerebrum.
@@ -108,7 +108,7 @@ class MriConfig(tfds.core.BuilderConfig):
         if self.source != "fastmri" and self.height_px != self.width_px:
             raise ValueError(f"The {self.source!r} source makes square images: set height_px = "
                              f"width_px (got {self.height_px} x {self.width_px}).")
-        check_patient_counts(self.num_train_patients, self.num_test_patients,
+        splits.check_patient_counts(self.num_train_patients, self.num_test_patients,
                              self.num_validation_patients)
         if self.slices_per_patient < (0 if self.source == "fastmri" else 1):
             raise ValueError(f"slices_per_patient={self.slices_per_patient}: ask for at least one "
@@ -145,8 +145,8 @@ class MriConfig(tfds.core.BuilderConfig):
 
 
 def _preset(name: str, description: str, **kwargs) -> MriConfig:
-    config = MriConfig(name=name, version=tfds.core.Version(VERSION), description=description,
-                       **kwargs)
+    config = MriConfig(name=name, version=tfds.core.Version(splits.VERSION),
+                       description=description, **kwargs)
     config.validate()
     return config
 
@@ -178,15 +178,7 @@ PRESETS = {
 # Sources: the list of patients and the slices of each.
 
 
-@dataclasses.dataclass(frozen=True)
-class PatientSource:
-    """One patient: an id, its split and its slices."""
-
-    patient: str
-    patient_id: int
-    split: str
-    slice_indices: tuple[int, ...]
-    location: str  # phantom seed, "mni152" (the template) or the fastMRI file
+PatientSource = splits.PatientSource
 
 
 def _require_nilearn() -> None:
@@ -203,7 +195,7 @@ def list_patients(config: MriConfig, manual_dir: Path | None) -> list[PatientSou
     config.validate()
     n_train, n_test = config.num_train_patients, config.num_test_patients
     n_all = n_train + n_test + config.num_validation_patients
-    split = lambda i: split_of(i, n_train, n_test)  # noqa: E731
+    split = lambda i: splits.split_of(i, n_train, n_test)  # noqa: E731
     num = config.slices_per_patient
     if config.source == "phantom":
         out = []
@@ -263,7 +255,7 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
         if 0 < config.slices_per_patient < num_slices:
             rng = np.random.default_rng([config.seed, zlib.crc32(path.stem.encode())])
             slices = np.sort(rng.choice(num_slices, config.slices_per_patient, replace=False))
-        out.append(PatientSource(path.stem, i, split_of(i, n_train, n_test),
+        out.append(PatientSource(path.stem, i, splits.split_of(i, n_train, n_test),
                                  tuple(int(s) for s in slices), str(path)))
     return out
 
@@ -308,14 +300,6 @@ def load_images(config: MriConfig, source: PatientSource) -> np.ndarray:
     raise ValueError(f"load_images is for the built-in sources, not {config.source!r}.")
 
 
-def slice_key(config: MriConfig, patient_id: int, slice_index: int):
-    """The jax.random key of one slice (phase, noise, mask, split): (seed, patient, slice) only."""
-    import jax
-
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), patient_id)
-    return jax.random.fold_in(key, slice_index)
-
-
 def _example(out: dict[str, Any]) -> dict[str, np.ndarray]:
     example = {k: np.asarray(out[k], np.float32) for k in features.MRI_IMAGE_KEYS if k in out}
     example.setdefault("x_clean", example["x_ref"])
@@ -349,40 +333,17 @@ def patient_examples(config: MriConfig, source: PatientSource
         yield index, _example(simulate_slice(jnp.asarray(image), key, coils, recon))
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(splits.PatientSplitBuilder):
     """Split undersampled MRI pairs for consensus training (Wu et al. 2019, Section 3.1)."""
 
-    VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {"1.0.0": "First release.",
-                     "1.1.0": "A validation split of whole patients (after the test patients)."}
     BUILDER_CONFIGS = list(PRESETS.values())
-    DEFAULT_CONFIG_NAME = "quick"
+    MANUAL_SOURCES = frozenset({"fastmri"})
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Only for the fastmri config: put the NYU fastMRI multi-coil knee .h5 files (one per "
         "patient, e.g. from multicoil_train) into --manual_dir.")
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        config: MriConfig = self.builder_config
-        return self.dataset_info_from_configs(
-            features=features.mri_features(config.height_px, config.width_px),
-            metadata=tfds.core.MetadataDict(config.metadata()),
-            homepage="https://doi.org/10.1007/978-3-030-32248-9_81",
-            description=__doc__,
-        )
+    list_patients = staticmethod(list_patients)
+    patient_examples = staticmethod(patient_examples)
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        config: MriConfig = self.builder_config
-        manual = dl_manager.manual_dir if config.source == "fastmri" else None
-        patients = list_patients(config, Path(manual) if manual else None)
-        return {split: self._generate_examples([p for p in patients if p.split == split])
-                for split in used_splits(config.num_validation_patients)}
-
-    def _generate_examples(self, patients: list[PatientSource]) -> Iterator[tuple[str, dict]]:
-        from tqdm.auto import tqdm
-
-        config: MriConfig = self.builder_config
-        for source in tqdm(patients, desc=f"patients ({patients[0].split})", unit="patient"):
-            for index, example in patient_examples(config, source):
-                yield f"{source.patient}-{index:04d}", {
-                    **example, "patient": source.patient, "patient_id": source.patient_id,
-                    "slice_index": index}
+    def features(self, config):
+        return features.mri_features(config.height_px, config.width_px)
