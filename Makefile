@@ -24,7 +24,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 test: venv lint
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=10
 
 # Everything, the tests marked slow (over ~20 s each) too.
 test-all: venv lint

@@ -96,3 +96,11 @@ def test_trajectory_scores_kept_and_best_checkpoints(overfit_run, tmp_path):
     # The selected checkpoint has the lower test error: the run overfits after it.
     assert rows[1]["rmse_hu"] < rows[0]["rmse_hu"]
     assert "best (validation)" in path.read_text()
+
+
+def test_checkpoint_choice_errors_name_the_fix(overfit_run):
+    with pytest.raises(ValueError, match=r"no checkpoint of step 7; it has \[240\]"):
+        evaluation.resolve_checkpoint(overfit_run, 7)
+    with pytest.raises(ValueError, match="'best', 'latest' or a step number"):
+        evaluation.resolve_checkpoint(overfit_run, "newest")
+    assert evaluation.resolve_checkpoint(overfit_run, "240")[1:] == (240, "requested")
