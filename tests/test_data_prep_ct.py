@@ -126,7 +126,7 @@ def test_reuse_refuses_a_dataset_built_with_other_settings(tiny_ct_data_dir):
     from data_prep import check_reused_dataset
 
     config = _config()
-    from data_prep.ct_consensus.ct_consensus_dataset_builder import VERSION
+    from data_prep.splits import VERSION
 
     folder = tiny_ct_data_dir / "ct_consensus" / "tiny" / VERSION
     check_reused_dataset(folder, config.metadata())  # what the builder wrote: accepted

@@ -124,7 +124,7 @@ def test_interrupted_build_never_loads_as_complete(tmp_path, monkeypatch):
                   "scale": np.float32(1), "mask": np.zeros(64, np.uint8)}
         raise KeyboardInterrupt("simulated interruption")
 
-    monkeypatch.setattr(builder_lib, "patient_examples", interrupted)
+    monkeypatch.setattr(builder_lib.Builder, "patient_examples", staticmethod(interrupted))
     with pytest.raises(KeyboardInterrupt):
         prep.main(["--config=tiny", f"--data_dir={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="no complete dataset|No prepared dataset"):
