@@ -163,8 +163,7 @@ def resolve_checkpoint(workdir: str | Path, checkpoint: str | int = "best"
     steps = latest.all_steps()
     latest.close()
     if checkpoint == "best" and (workdir / wd.BEST).is_dir():
-        best = wd.checkpoint_manager(workdir, keep=1, subdir=wd.BEST,
-                                     best_fn=lambda m: m["val_loss"], best_mode="min")
+        best = wd.best_manager(workdir)
         step = best.best_step()
         best.close()
         if step is not None:

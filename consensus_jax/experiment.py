@@ -84,9 +84,7 @@ class _Validator:
         self.images = {k: images[k] for k in dict.fromkeys(keys)}
         self.pixels = int(np.prod(images["x1"].shape[1:3]))
         self.step_fn = jax.jit(partial(train_lib.validation_terms, method))
-        self.best = wd.checkpoint_manager(workdir, 1, subdir=wd.BEST,
-                                          best_fn=lambda m: m["val_loss"], best_mode="min",
-                                          keep_checkpoints_without_metrics=False)
+        self.best = wd.best_manager(workdir)
         step = self.best.best_step()
         self.best_step = step
         self.best_loss = float(self.best.metrics(step)["val_loss"]) if step is not None \

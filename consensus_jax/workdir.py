@@ -160,6 +160,12 @@ def checkpoint_manager(workdir: Path, keep: int, subdir: str = CHECKPOINTS,
     return ocp.CheckpointManager((Path(workdir) / subdir).absolute(), options=opts)
 
 
+def best_manager(workdir: Path) -> ocp.CheckpointManager:
+    """The manager of ``<workdir>/best``: one checkpoint, the lowest ``val_loss`` metric."""
+    return checkpoint_manager(workdir, 1, subdir=BEST, best_fn=lambda m: m["val_loss"],
+                              best_mode="min", keep_checkpoints_without_metrics=False)
+
+
 def save_state(mngr: ocp.CheckpointManager, step: int, state: Any, **kwargs: Any) -> None:
     """Saves ``state`` (a TrainState) at ``step`` as the items ``params`` and ``opt_state``."""
     mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params),
