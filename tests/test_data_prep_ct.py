@@ -151,3 +151,19 @@ def test_validation_patients_are_whole_and_leave_train_and_test_unchanged(modali
     assert by_split["train"] + by_split["test"] == without
     ids = {s: {p.patient_id for p in v} for s, v in by_split.items()}
     assert not (ids["validation"] & (ids["train"] | ids["test"]))
+
+
+def test_extra_training_patients_leave_every_other_patient_unchanged():
+    import dataclasses
+
+    from data_prep.ct_consensus.ct_consensus_dataset_builder import PRESETS, list_patients
+
+    preset = PRESETS["quick"]
+    base = list_patients(preset, None)
+    more = list_patients(dataclasses.replace(preset, extra_train_patients=3), None)
+    assert more[:len(base)] == base
+    extra = more[len(base):]
+    assert [p.split for p in extra] == ["train"] * 3
+    assert len({p.patient_id for p in more}) == len(more)
+    with pytest.raises(ValueError, match="extra_train_patients must be >= 0"):
+        list_patients(dataclasses.replace(preset, extra_train_patients=-1), None)

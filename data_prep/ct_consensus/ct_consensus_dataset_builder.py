@@ -58,6 +58,8 @@ class CtConfig(tfds.core.BuilderConfig):
       num_train_patients, num_test_patients: paper 8 and 2.
       num_validation_patients: whole patients held out for model selection (not in the paper;
         label-free, see consensus_jax/experiment.py); listed after the test patients.
+      extra_train_patients: more training patients, listed after the validation patients, so
+        that a larger training set keeps every other patient (and so the test set) as it was.
       slices_per_patient: paper 50, drawn at random per patient from ``seed``.
       seed: selects virtual patients, slices and every noise realisation.
     """
@@ -75,6 +77,7 @@ class CtConfig(tfds.core.BuilderConfig):
     num_train_patients: int = 8
     num_test_patients: int = 2
     num_validation_patients: int = 2
+    extra_train_patients: int = 0
     slices_per_patient: int = 50
     seed: int = 0
 
@@ -113,6 +116,8 @@ class CtConfig(tfds.core.BuilderConfig):
             "num_test_patients": self.num_test_patients,
             "num_validation_patients": self.num_validation_patients,
             "slices_per_patient": self.slices_per_patient,
+            **({"extra_train_patients": self.extra_train_patients}
+               if self.extra_train_patients else {}),
             "fbp_filter": "ramp apodised by a Hann window, cutoff 1.0 (Nyquist)",
         }
 
@@ -160,8 +165,14 @@ PatientSource = splits.PatientSource
 def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSource]:
     """Patients of every split, deterministic in ``config.seed``."""
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    n_all = n_train + n_test + config.num_validation_patients
+    n_listed = n_train + n_test + config.num_validation_patients
+    n_all = n_listed + config.extra_train_patients
     splits.check_patient_counts(n_train, n_test, config.num_validation_patients)
+    if config.extra_train_patients < 0:
+        raise ValueError(f"extra_train_patients must be >= 0, got {config.extra_train_patients}.")
+
+    def split_of(i: int) -> str:
+        return "train" if i >= n_listed else splits.split_of(i, n_train, n_test)
     if config.source == "phantom":
         total = abdomen.ABDOMEN_LENGTH_MM / abdomen.SLICE_SPACING_MM
         rng = np.random.default_rng([config.seed, 7])
@@ -172,7 +183,7 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
                                  f"{int(total)} slices of a virtual patient.")
             slices = np.sort(rng.choice(int(total), config.slices_per_patient, replace=False))
             seed = 1000 * config.seed + i
-            out.append(PatientSource(f"virtual-{seed:04d}", i, splits.split_of(i, n_train, n_test),
+            out.append(PatientSource(f"virtual-{seed:04d}", i, split_of(i),
                                      tuple(int(s) for s in slices), str(seed)))
         return out
     if manual_dir is None or not Path(manual_dir).is_dir():
@@ -190,16 +201,17 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
         raise ValueError(f"CtConfig.source must be phantom, dicom or numpy, got {config.source!r}.")
     if len(entries) < n_all:
         raise ValueError(f"{root} holds {len(entries)} patients; the config needs "
-                         f"{n_train} + {n_test} + {config.num_validation_patients} (train, test, "
-                         "validation). Lower num_train_patients/num_test_patients/"
-                         "num_validation_patients.")
+                         f"{n_train} + {n_test} + {config.num_validation_patients} + "
+                         f"{config.extra_train_patients} (train, test, validation, extra train). "
+                         "Lower num_train_patients/num_test_patients/num_validation_patients/"
+                         "extra_train_patients.")
     order = np.random.default_rng([config.seed, 11]).permutation(len(entries))
     chosen = [entries[i] for i in order[:n_all]]
     out = []
     for i, path in enumerate(chosen):
         volume = _read_volume(config, path)
         slices = ct_io.sample_slices(volume, config.slices_per_patient, config.seed)
-        out.append(PatientSource(volume.patient_id, i, splits.split_of(i, n_train, n_test),
+        out.append(PatientSource(volume.patient_id, i, split_of(i),
                                  tuple(int(s) for s in slices), str(path)))
     return out
 
