@@ -157,6 +157,14 @@ def builder_config(modality: Modality, config: ml_collections.ConfigDict,
 # Flags.
 
 
+def are_positive_numbers(values: Sequence[str]) -> bool:
+    """Validator of a list flag of sweep values (photons, SNRs): positive numbers, at least one."""
+    try:
+        return bool(values) and all(float(v) > 0 for v in values)
+    except ValueError:
+        return False
+
+
 def expand_config_arg(modality: Modality, argv: Sequence[str]) -> list[str]:
     """``--config=<preset>`` (no file) -> ``--config=configs/data/<modality>.py:<preset>``."""
     out = list(argv)

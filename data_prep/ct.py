@@ -218,15 +218,8 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
                       "per ray of the --calibrate sweep, e.g. --photons=1e4,2e4,5e4.", **fv)
     flags.DEFINE_integer("calibration_slices", None, "Calibrate on the first N chosen slices of "
                          "each patient (default: all of them).", **fv)
-    flags.register_validator("photons", _are_numbers, "--photons: numbers separated by commas, "
-                             "e.g. --photons=1e4,2e4,5e4.", **fv)
-
-
-def _are_numbers(values: list[str]) -> bool:
-    try:
-        return bool([float(v) for v in values])
-    except ValueError:
-        return False
+    flags.register_validator("photons", cli.are_positive_numbers, "--photons: positive numbers "
+                             "separated by commas, e.g. --photons=1e4,2e4,5e4.", **fv)
 
 
 def _calibrate_only(config, flag_values: flags.FlagValues) -> bool:

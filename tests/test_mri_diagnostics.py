@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from consensus_jax.mri.coils import coil_combine
 from consensus_jax.mri.diagnostics import split_bias, split_noise_statistics
@@ -11,6 +12,7 @@ from consensus_jax.mri.masks import Undersampling, sample_mask
 from consensus_jax.mri.simulate import birdcage_maps
 from consensus_jax.mri.split import split_kspace
 from consensus_jax.phantoms.knee import knee_phantom
+from data_prep.mri_consensus.mri_consensus_dataset_builder import CALIBRATED_SNR
 
 SIZE, COILS = 64, 4
 US = Undersampling(4.0, 8)
@@ -63,8 +65,16 @@ def test_halves_errors_correlate_like_minus_one_over_2r_minus_1():
     assert abs(float(st["mean_n1"])) < 0.05 * float(st["std_n1"])
 
 
-def test_split_bias_shrinks_and_zero_filling_does_not():
+@pytest.mark.parametrize("snr", [None, CALIBRATED_SNR["quick"]])
+def test_split_bias_shrinks_and_zero_filling_does_not(snr):
+    # Noiseless, and at the calibrated noise level of the quick preset: the halves are
+    # unbiased estimates of the fully sampled (noisy) image whatever the noise.
     _, maps, kspace = _knee()
+    if snr is not None:
+        image = coil_combine(ifft2c(kspace), maps)
+        sigma = float(jnp.max(jnp.abs(image))) / snr
+        kspace = kspace + sigma * jax.random.normal(jax.random.key(7), kspace.shape,
+                                                    jnp.complex64)
     few = split_bias(kspace, maps, jax.random.key(1), US, 4)
     many = split_bias(kspace, maps, jax.random.key(2), US, 1000)
     assert float(many["rel_error_half"]) < 0.06

@@ -44,6 +44,11 @@ from data_prep import splits
 slice_key = splits.slice_key  # a slice's random key, also used by data_prep and the tests
 
 SOURCES = ("phantom", "mni", "fastmri")
+#: Simulated SNR of each built-in preset, from `python -m data_prep.mri --calibrate
+#: --config=<name>` (no learning involved): the noise at which SENSE's RMSE is about 1.06 x
+#: zero-filling's and zero-filling's SSIM is the higher, as in the paper's Table 2 on real knees
+#: (the sweeps: docs/mri_calibration.md). The *_snr100 presets keep the earlier low-noise setting.
+CALIBRATED_SNR = {"quick": 18.0, "knee": 33.0, "mni": 32.0}
 #: Axial range of the MNI152 template (1 mm slices) split into "patients": the cerebrum.
 MNI_Z_RANGE = (40, 141)
 
@@ -151,21 +156,37 @@ def _preset(name: str, description: str, **kwargs) -> MriConfig:
     return config
 
 
+def _quick_knees(name: str, snr: float) -> MriConfig:
+    return _preset(name, f"CPU demo: 128 px knees, 8 coils, 16 centre lines, 8+2(+1 validation) "
+                   f"patients x 8 slices, SNR {snr:g}.", height_px=128, width_px=128,
+                   num_coils=8, num_center_lines=16, num_train_patients=8, num_test_patients=2,
+                   num_validation_patients=1, slices_per_patient=8, snr=snr)
+
+
+def _paper_knees(name: str, snr: float) -> MriConfig:
+    return _preset(name, f"The paper's setting: 320 px knees, 15 coils, 48 centre lines, 4x, "
+                   f"16+4(+2 validation) patients x 32 slices, SNR {snr:g}.", snr=snr)
+
+
+def _mni(name: str, snr: float) -> MriConfig:
+    return _preset(name, f"MNI152 T1 template (nilearn), 128 px, 8 coils, 16 centre lines, 8+2"
+                   f"(+1 validation) blocks of adjacent slices x 8, SNR {snr:g}.", source="mni",
+                   height_px=128, width_px=128, num_coils=8, num_center_lines=16,
+                   num_train_patients=8, num_test_patients=2, num_validation_patients=1,
+                   slices_per_patient=8, snr=snr)
+
+
 PRESETS = {
     "tiny": _preset("tiny", "Tests: 64 px knees, 4 coils, 8 centre lines, 2+1(+1 validation) "
                     "patients x 3 slices.", height_px=64, width_px=64, num_coils=4,
                     num_center_lines=8, num_train_patients=2, num_test_patients=1,
                     num_validation_patients=1, slices_per_patient=3),
-    "quick": _preset("quick", "CPU demo: 128 px knees, 8 coils, 16 centre lines, 8+2(+1 "
-                     "validation) patients x 8 slices.", height_px=128, width_px=128,
-                     num_coils=8, num_center_lines=16, num_train_patients=8,
-                     num_test_patients=2, num_validation_patients=1, slices_per_patient=8),
-    "knee": _preset("knee", "The paper's setting: 320 px knees, 15 coils, 48 centre lines, 4x, "
-                    "16+4(+2 validation) patients x 32 slices."),
-    "mni": _preset("mni", "MNI152 T1 template (nilearn), 128 px, 8 coils, 16 centre lines, 8+2(+1 "
-                   "validation) blocks of adjacent slices x 8.", source="mni", height_px=128,
-                   width_px=128, num_coils=8, num_center_lines=16, num_train_patients=8,
-                   num_test_patients=2, num_validation_patients=1, slices_per_patient=8),
+    "quick": _quick_knees("quick", CALIBRATED_SNR["quick"]),
+    "quick_snr100": _quick_knees("quick_snr100", 100.0),
+    "knee": _paper_knees("knee", CALIBRATED_SNR["knee"]),
+    "knee_snr100": _paper_knees("knee_snr100", 100.0),
+    "mni": _mni("mni", CALIBRATED_SNR["mni"]),
+    "mni_snr100": _mni("mni_snr100", 100.0),
     "fastmri": _preset("fastmri", "Your fastMRI multi-coil knee files (--manual_dir: one .h5 "
                        "per patient), 320 x 368, 48 centre lines, 4x, 16+4(+2 "
                        "validation) patients, every slice.", source="fastmri", height_px=320,
