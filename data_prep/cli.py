@@ -165,6 +165,33 @@ def are_positive_numbers(values: Sequence[str]) -> bool:
         return False
 
 
+def define_calibration_flags(flag_values: flags.FlagValues, sweep: str, default: list[str],
+                             what: str, example: str) -> None:
+    """``--calibrate`` (print ``what`` for each value of ``--<sweep>``, build nothing),
+    ``--<sweep>`` (positive numbers, e.g. ``example``) and ``--calibration_slices``."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_bool("calibrate", False, f"Only print {what} for a sweep of --{sweep}; builds "
+                      "nothing.", **fv)
+    flags.DEFINE_list(sweep, default, f"The values of the --calibrate sweep, e.g. "
+                      f"--{sweep}={example}.", **fv)
+    flags.DEFINE_integer("calibration_slices", None, "Calibrate on the first N chosen slices of "
+                         "each patient (default: all of them).", **fv)
+    flags.register_validator(sweep, are_positive_numbers, f"--{sweep}: positive numbers "
+                             f"separated by commas, e.g. --{sweep}={example}.", **fv)
+
+
+def calibrate_before_build(calibrate: Callable[[Any, list[float], int | None], Any],
+                           sweep: str) -> Callable[[Any, flags.FlagValues], bool]:
+    """A ``Modality.before_build`` that runs ``calibrate(config, values, slices)`` and stops the
+    program when ``--calibrate`` is given (flags of ``define_calibration_flags``)."""
+    def before_build(config, flag_values: flags.FlagValues) -> bool:
+        if flag_values.calibrate:
+            calibrate(config, [float(v) for v in flag_values[sweep].value],
+                      flag_values.calibration_slices)
+        return flag_values.calibrate
+    return before_build
+
+
 def expand_config_arg(modality: Modality, argv: Sequence[str]) -> list[str]:
     """``--config=<preset>`` (no file) -> ``--config=configs/data/<modality>.py:<preset>``."""
     out = list(argv)

@@ -212,21 +212,10 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_integer("tv_iterations", 30, "Ramp-preconditioned TV iterations per slice, from "
                          "the FBP (30: within ~0.3-0.6 HU of convergence on the quick preset).",
                          **fv)
-    flags.DEFINE_bool("calibrate", False, "Only print quarter-dose FBP noise for a sweep of "
-                      "photons per ray (--photons).", **fv)
-    flags.DEFINE_list("photons", ["1e4", "2e4", "3e4", "5e4", "1e5", "2e5"], "Full-dose photons "
-                      "per ray of the --calibrate sweep, e.g. --photons=1e4,2e4,5e4.", **fv)
-    flags.DEFINE_integer("calibration_slices", None, "Calibrate on the first N chosen slices of "
-                         "each patient (default: all of them).", **fv)
-    flags.register_validator("photons", cli.are_positive_numbers, "--photons: positive numbers "
-                             "separated by commas, e.g. --photons=1e4,2e4,5e4.", **fv)
-
-
-def _calibrate_only(config, flag_values: flags.FlagValues) -> bool:
-    if flag_values.calibrate:
-        calibrate(config, [float(p) for p in flag_values.photons],
-                  flag_values.calibration_slices)
-    return flag_values.calibrate
+    cli.define_calibration_flags(flag_values, "photons",
+                                 ["1e4", "2e4", "3e4", "5e4", "1e5", "2e5"],
+                                 "quarter-dose FBP noise vs full-dose photons per ray",
+                                 "1e4,2e4,5e4")
 
 
 def _tv_baselines(builder, manual_dir: Path | None, flag_values: flags.FlagValues) -> None:
@@ -237,7 +226,7 @@ def _tv_baselines(builder, manual_dir: Path | None, flag_values: flags.FlagValue
 CT = cli.Modality(
     name="ct", builder_module="data_prep.ct_consensus.ct_consensus_dataset_builder",
     split_report=split_report, describe=_describe, define_flags=_define_flags,
-    before_build=_calibrate_only, after_build=_tv_baselines)
+    before_build=cli.calibrate_before_build(calibrate, "photons"), after_build=_tv_baselines)
 
 
 def main(argv: list[str] | None = None) -> int:

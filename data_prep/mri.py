@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import flags
-
 from data_prep import cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -190,28 +188,13 @@ def calibrate(config, snrs: list[float], slices_per_patient: int | None = None) 
     return {"snrs": list(snrs), "rows": rows, "suggested_snr": suggested}
 
 
-def _define_flags(flag_values: flags.FlagValues) -> None:
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_bool("calibrate", False, "Only print zero-filling and SENSE errors for a sweep "
-                      "of simulated SNRs (--snrs); builds nothing.", **fv)
-    flags.DEFINE_list("snrs", ["100", "50", "30", "20", "15", "10", "5"], "Simulated SNRs (peak "
-                      "image magnitude / noise std) of the --calibrate sweep.", **fv)
-    flags.DEFINE_integer("calibration_slices", None, "Calibrate on the first N slices of each "
-                         "patient (default: all of them).", **fv)
-    flags.register_validator("snrs", cli.are_positive_numbers, "--snrs: positive numbers separated "
-                             "by commas, e.g. --snrs=100,30,10.", **fv)
-
-
-def _calibrate_only(config, flag_values: flags.FlagValues) -> bool:
-    if flag_values.calibrate:
-        calibrate(config, [float(s) for s in flag_values.snrs], flag_values.calibration_slices)
-    return flag_values.calibrate
-
-
 MRI = cli.Modality(
     name="mri", builder_module="data_prep.mri_consensus.mri_consensus_dataset_builder",
     split_report=split_report, describe=_describe, check_sources=True,
-    define_flags=_define_flags, before_build=_calibrate_only)
+    define_flags=lambda flag_values: cli.define_calibration_flags(
+        flag_values, "snrs", ["100", "50", "30", "20", "15", "10", "5"],
+        "zero-filling and SENSE errors (no learning)", "100,30,10"),
+    before_build=cli.calibrate_before_build(calibrate, "snrs"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,3 +167,10 @@ def test_extra_training_patients_leave_every_other_patient_unchanged():
     assert len({p.patient_id for p in more}) == len(more)
     with pytest.raises(ValueError, match="extra_train_patients must be >= 0"):
         list_patients(dataclasses.replace(preset, extra_train_patients=-1), None)
+
+
+def test_calibrate_cli_rejects_bad_photons():
+    from data_prep import ct as prep
+
+    with pytest.raises(SystemExit, match="--photons: positive numbers"):
+        prep.main(["--config=tiny", "--calibrate", "--photons=1e4,zero"])
