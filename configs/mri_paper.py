@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.patches_per_slice = 40
     config.train.augment = False  # random flips / rot90 of patches (not in the paper)
     config.train.log_every_steps = 50
+    config.train.steps_per_dispatch = 0  # training steps per dispatch; 0: the platform's default
     config.train.checkpoint_every_steps = 1000
     config.train.keep_checkpoints = 3
     # Label-free validation (the method's own loss on the validation patients) every so many

@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from consensus_jax import input_pipeline, metrics, patches, train_lib
+from consensus_jax import input_pipeline, metrics, train_lib
 from consensus_jax import workdir as wd
 
 #: Environment variable for the tests of exact resume: the process exits (code 3, no cleanup)
@@ -59,7 +59,13 @@ class _Logger:
             with self.writer.as_default(step=step):
                 for k, v in scalars.items():
                     tf.summary.scalar(k, v)
+            # No flush here: the writer batches events (and flushes every 2 minutes); a flush
+            # per log step stalled CPU training by about 1 s each time.
+
+    def close(self) -> None:
+        if self.writer is not None:
             self.writer.flush()
+            self.writer.close()
 
 
 class _Validator:
@@ -148,6 +154,24 @@ class _Validator:
         self.best.close()
 
 
+#: Training steps per dispatch (``train.steps_per_dispatch = 0``) by platform: on an
+#: accelerator the host loop around a few-millisecond step costs more than the step itself;
+#: on CPU a step takes ~0.1 s and the loop's overhead is negligible (bench/RESULTS.md).
+DEFAULT_STEPS_PER_DISPATCH = {"cpu": 1, "gpu": 100, "tpu": 100}
+# 1 runs the step alone (one dispatch per step); > 1 a fused multi-step function whose
+# parameters agree with those of single steps to float32 rounding (not bitwise: XLA fuses the
+# two programs differently), and bitwise whatever the number of steps per dispatch.
+
+
+def steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
+    """``train.steps_per_dispatch``, or the platform's default when it is 0 (or absent)."""
+    k = int(config.train.get("steps_per_dispatch", 0) or 0)
+    if k < 0:
+        raise ValueError(f"train.steps_per_dispatch must be >= 0 (0: the platform's default), "
+                         f"got {k}.")
+    return k or DEFAULT_STEPS_PER_DISPATCH.get(jax.default_backend(), 100)
+
+
 def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.train.num_steps > 0:
         return int(config.train.num_steps)
@@ -219,28 +243,51 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                   "with data_prep to get one.")
 
     patch_pixels = tcfg.patch_size_px ** 2
-    train_step = train_lib.make_train_step(method, optimizer,
-                                           out_shardings=(replicated, replicated))
+    schedule = train_lib.PatchSchedule(steps_per_epoch, local_batch, num_slices,
+                                       int(tcfg.patches_per_slice), int(tcfg.patch_size_px),
+                                       bool(tcfg.augment))
+    keys = (k_order, k_patch, k_step)
+    per_dispatch = steps_per_dispatch(config)
+    if nproc == 1 and per_dispatch > 1:
+        # Several steps per dispatch, each cutting its patches on the device.
+        images = jax.device_put(images, replicated)
+        multi_step = train_lib.make_multi_step(
+            method, optimizer, schedule, batch_sharding if mesh.size > 1 else None,
+            out_shardings=(replicated, replicated))
+
+        def advance(state, first, stop):
+            return multi_step(state, images, keys, jnp.int32(first), jnp.int32(stop - first))
+    else:
+        # One dispatch per step; on several hosts each cuts its share of every global batch
+        # from its own slices.
+        train_step = train_lib.make_train_step(method, optimizer,
+                                               out_shardings=(replicated, replicated))
+
+        def advance(state, first, stop):
+            for step in range(first, stop):
+                local = schedule.batch(images, k_order, k_patch, step, pid, nproc)
+                batch = _globalise(local, batch_sharding, nproc)
+                state, step_metrics = train_step(state, batch, jax.random.fold_in(k_step, step))
+            return state, step_metrics
+
     logger = _Logger(workdir, bool(tcfg.get("tensorboard", True)) and pid == 0)
     exit_at = int(os.environ.get(CRASH_AFTER_STEP, "0") or 0)
     bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=pid != 0 or not tcfg.get("progress", True), desc=method.kind)
-    order, order_epoch = None, -1
+    intervals = [int(tcfg.log_every_steps), int(tcfg.checkpoint_every_steps)]
+    if validator is not None:
+        intervals.append(validator.every)
     t_last, s_last = time.perf_counter(), start
-    step_metrics = None
-    for step in range(start, total_steps):
-        epoch, i = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order = patches.epoch_slice_order(jax.random.fold_in(k_order, epoch), num_slices,
-                                              tcfg.patches_per_slice)
-            order_epoch = epoch
-        idx = jax.lax.dynamic_slice_in_dim(order, i * local_batch, local_batch)
-        key = jax.random.fold_in(k_patch, step * nproc + pid)
-        local = patches.random_patch_batch(key, images, idx, tcfg.patch_size_px,
-                                           bool(tcfg.augment))
-        batch = _globalise(local, batch_sharding, nproc)
-        state, step_metrics = train_step(state, batch, jax.random.fold_in(k_step, step))
-        done = step + 1
+    step = start
+    while step < total_steps:
+        # Run up to the next step at which the host has something to do.
+        stop = min([total_steps, step + per_dispatch] + [(step // n + 1) * n for n in intervals
+                                                         if n > 0]
+                   + ([exit_at] if exit_at > step else []))
+        state, step_metrics = advance(state, step, stop)
+        bar.update(stop - step)
+        step = done = stop
+        epoch, i = divmod(done - 1, steps_per_epoch)
         validate = validator is not None and validator.due(done, total_steps)
         if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
                 or done == total_steps or validate:
@@ -253,7 +300,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                                 "patches_per_s": rate})
             postfix = {"epoch": f"{epoch + 1}", "loss": f"{host['total']:.4g}",
                        "patches_s": f"{rate:.0f}"}
-            stop = False
+            stop_early = False
             if validator is not None:
                 validator.train_fit.append(host[method.kind] / patch_pixels)
                 if validate:
@@ -263,13 +310,13 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                     logger.write(done, scalars)
                     if warning and pid == 0:
                         tqdm.write(f"Warning: {warning}")
-                    stop = validator.should_stop()
+                    stop_early = validator.should_stop()
                 if validator.best_step is not None:
                     postfix.update(val=f"{validator.best_loss:.4g}@{validator.best_step}")
             bar.set_postfix(postfix)
-            if done % tcfg.checkpoint_every_steps == 0 or done == total_steps or stop:
+            if done % tcfg.checkpoint_every_steps == 0 or done == total_steps or stop_early:
                 wd.save_state(mngr, done, state)
-            if stop:
+            if stop_early:
                 if pid == 0:
                     wd.atomic_write(workdir / EARLY_STOP_FILE, json.dumps(
                         {"step": done, "best_step": validator.best_step,
@@ -278,10 +325,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                                f"{validator.patience} evaluations (best: step "
                                f"{validator.best_step}).")
                 break
-        bar.update(1)
         if exit_at and done == exit_at:
             os._exit(3)  # simulates a crash between steps (tests of exact resume)
     bar.close()
+    logger.close()
     mngr.wait_until_finished()
     mngr.close()
     if validator is not None:

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from consensus_jax import losses
+from consensus_jax import losses, patches
 from consensus_jax.models import UNet, UNetConfig, apply_padded, init_params
 from consensus_jax.xla_options import default_compiler_options
 
@@ -223,6 +223,68 @@ def make_train_step(method: Method, optimizer: optax.GradientTransformation,
         return train_step
     jit_kwargs.setdefault("compiler_options", default_compiler_options())
     return jax.jit(train_step, donate_argnums=(0,), **jit_kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchSchedule:
+    """Which patches step ``s`` trains on, a function of (seed, s) only (exact resume).
+
+    Epoch ``e = s // steps_per_epoch`` visits every slice ``patches_per_slice`` times in the
+    order ``patches.epoch_slice_order(fold_in(k_order, e))``; step ``s`` takes the next
+    ``batch_size`` entries of it and cuts one patch from each at random locations drawn from
+    ``fold_in(k_patch, s * process_count + process_index)``.
+    """
+
+    steps_per_epoch: int
+    batch_size: int  # per process
+    num_slices: int
+    patches_per_slice: int
+    patch_size: int
+    augment: bool = False
+
+    def batch(self, images: Mapping[str, Array], k_order: Array, k_patch: Array, step: Any,
+              process_index: int = 0, process_count: int = 1) -> dict[str, Array]:
+        """The patch batch of ``step`` (a Python int or a traced int32)."""
+        epoch, i = step // self.steps_per_epoch, step % self.steps_per_epoch
+        order = patches.epoch_slice_order(jax.random.fold_in(k_order, epoch), self.num_slices,
+                                          self.patches_per_slice)
+        idx = jax.lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
+        key = jax.random.fold_in(k_patch, step * process_count + process_index)
+        return patches.random_patch_batch(key, images, idx, self.patch_size, self.augment)
+
+
+def make_multi_step(method: Method, optimizer: optax.GradientTransformation,
+                    schedule: PatchSchedule, batch_sharding: Any = None,
+                    **jit_kwargs) -> Callable:
+    """Returns ``multi_step(state, images, keys, start, count) -> (state, metrics)``, jitted.
+
+    Runs training steps ``start .. start + count - 1`` in one dispatch (a ``fori_loop`` with a
+    traced trip count, so every ``count`` shares one compilation): each step cuts its patches
+    from ``images`` (name -> [S, H, W, C], already on the device) as ``schedule`` prescribes and
+    applies the train step of ``make_train_step``. The host only waits for the result when it
+    reads ``metrics``, the loss terms of the last step. ``keys`` = (k_order, k_patch, k_step).
+    ``batch_sharding``: constrains each batch (the data-parallel axis) on a multi-device mesh.
+    """
+    step_fn = make_train_step(method, optimizer, jit=False)
+
+    def one_step(state: TrainState, images: Mapping[str, Array], keys: tuple[Array, ...],
+                 step: Array) -> tuple[TrainState, dict]:
+        k_order, k_patch, k_step = keys
+        batch = schedule.batch(images, k_order, k_patch, step)
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return step_fn(state, batch, jax.random.fold_in(k_step, step))
+
+    def multi_step(state: TrainState, images: Mapping[str, Array], keys: tuple[Array, ...],
+                   start: Array, count: Array) -> tuple[TrainState, dict]:
+        shapes = jax.eval_shape(one_step, state, images, keys, start)[1]
+        metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return jax.lax.fori_loop(
+            0, count, lambda j, carry: one_step(carry[0], images, keys, start + j),
+            (state, metrics))
+
+    jit_kwargs.setdefault("compiler_options", default_compiler_options())
+    return jax.jit(multi_step, donate_argnums=(0,), **jit_kwargs)
 
 
 def denoise(method: Method, params: dict[str, Any], x1: Array, x2: Array | None = None,

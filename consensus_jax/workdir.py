@@ -71,6 +71,7 @@ ADDED_KEY_DEFAULTS = MappingProxyType({
     "optim.schedule": "constant",
     "data.validation_split": "validation", "train.eval_every_steps": 0,
     "train.early_stop_patience": 0, "train.overfit_warning_evals": 3,
+    "train.steps_per_dispatch": 0,
 })
 
 #: Config keys that runs stored before they were removed; ignored when reading a stored config.
@@ -83,6 +84,7 @@ RUNTIME_KEYS = frozenset({
     "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.tensorboard", "train.progress", "data.data_dir", "eval.batch_size",
     "train.eval_every_steps", "train.overfit_warning_evals", "data.validation_split",
+    "train.steps_per_dispatch",
 })
 
 

@@ -1,5 +1,6 @@
 """Training loop: exact resume after a crash, sharded == single device, config guard, NaN stop."""
 
+import json
 import os
 import subprocess
 import sys
@@ -75,11 +76,52 @@ def test_resume_after_crash_matches_uninterrupted(reference_run, tmp_path):
     _assert_same_params(best, ref_best, atol=1e-6)
 
 
-def test_four_device_sharded_training_equals_single_device(reference_run, tmp_path):
-    result = _train_cli(tmp_path, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+@pytest.fixture(scope="module")
+def multi_step_run(tmp_path_factory):
+    """The reference run with 5 training steps per dispatch (the fused multi-step function)."""
+    workdir = tmp_path_factory.mktemp("multi_step")
+    experiment.fit(_config(train__steps_per_dispatch=5), workdir)
+    return workdir
+
+
+def test_steps_per_dispatch_changes_nothing_but_rounding(reference_run, multi_step_run,
+                                                         tmp_path):
+    # The same steps, batches and events whatever the number of steps per dispatch: bitwise
+    # between two multi-step settings, float32 rounding against one dispatch per step.
+    experiment.fit(_config(train__steps_per_dispatch=2), tmp_path)
+    five, five_step = _params(multi_step_run)
+    two, two_step = _params(tmp_path)
+    assert five_step == two_step == 12
+    _assert_same_params(two, five, atol=0)
+    ref, _ = _params(reference_run)
+    _assert_same_params(five, ref, atol=1e-3)
+
+    def logged(workdir):
+        return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]
+    assert logged(multi_step_run) == logged(reference_run)
+    with pytest.raises(ValueError, match="steps_per_dispatch must be >= 0"):
+        experiment.fit(_config(train__steps_per_dispatch=-1), tmp_path / "bad")
+
+
+def test_multi_step_resume_after_crash_matches_uninterrupted(multi_step_run, tmp_path):
+    crashed = _train_cli(tmp_path, "--config.train.steps_per_dispatch=5",
+                         env={experiment.CRASH_AFTER_STEP: "7"})
+    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    experiment.fit(_config(train__steps_per_dispatch=5), tmp_path)
+    params, step = _params(tmp_path)
+    ref, _ = _params(multi_step_run)
+    assert step == 12
+    _assert_same_params(params, ref, atol=0)
+
+
+@pytest.mark.parametrize("per_dispatch", [1, 5])
+def test_four_device_sharded_training_equals_single_device(reference_run, multi_step_run,
+                                                           tmp_path, per_dispatch):
+    result = _train_cli(tmp_path, f"--config.train.steps_per_dispatch={per_dispatch}",
+                        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert result.returncode == 0, result.stderr[-2000:]
     params, _ = _params(tmp_path)
-    ref, _ = _params(reference_run)
+    ref, _ = _params(reference_run if per_dispatch == 1 else multi_step_run)
     # Adam normalises tiny all-reduce rounding differences: 12 steps leave ~1e-5 absolute.
     _assert_same_params(params, ref, atol=1e-4)
 

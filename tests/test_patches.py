@@ -83,3 +83,19 @@ def test_patch_larger_than_image_is_rejected(images):
     with pytest.raises(ValueError, match="Aligned images"):
         patches.sample_patches(jax.random.PRNGKey(0),
                                {"a": jnp.zeros((2, 8, 8, 1)), "b": jnp.zeros((3, 8, 8, 1))}, 1, 4)
+
+
+def test_patch_schedule_is_the_same_traced_or_not():
+    # The multi-step loop computes each step's batch inside jit from a traced step; the
+    # one-step loop from a Python int. Both must cut the same patches.
+    from consensus_jax.train_lib import PatchSchedule
+
+    images = {"x1": jax.random.normal(jax.random.key(0), (6, 40, 40, 1))}
+    k_order, k_patch = jax.random.split(jax.random.PRNGKey(3))
+    schedule = PatchSchedule(steps_per_epoch=3, batch_size=8, num_slices=6, patches_per_slice=4,
+                             patch_size=32, augment=True)
+    traced = jax.jit(lambda s: schedule.batch(images, k_order, k_patch, s))
+    for step in range(7):
+        np.testing.assert_array_equal(np.asarray(traced(jnp.int32(step))["x1"]),
+                                      np.asarray(schedule.batch(images, k_order, k_patch,
+                                                                step)["x1"]))
