@@ -38,10 +38,10 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
         # sets are built with --config.extra_train_patients=8 / 24, see docs/EXPERIMENTS.md).
         "overfitting": {
             "consensus augment": {"train.augment": True},
-            "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
             "consensus beta_w=1e-4": {"loss.beta_w": 1e-4},
-            "consensus 2x patients": {"data.config": "quick_train2x"},
             "consensus 4x patients": {"data.config": "quick_train4x"},
+            "consensus 2x patients": {"data.config": "quick_train2x"},
+            "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
         },
         "beta_r": {f"consensus beta_r={b}": {"loss.beta_r": b} for b in (0.0, 0.1, 0.5, 2.0)},
         "beta_w": {f"consensus beta_w={b}": {"loss.beta_w": b, "loss.beta_r": 0.0}
