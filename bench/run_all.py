@@ -33,6 +33,8 @@ BENCHES = (
     ("ssim", "SSIM vs skimage", "bench.bench_ssim", ["--size=512", "--batch=16"]),
     ("input_pipeline", "Input pipeline overhead", "bench.bench_input_pipeline",
      ["--config=configs/ct_quick.py", "--steps=30", "--repeats=5"]),
+    ("loop", "Training loop efficiency: experiment.fit vs the isolated step", "bench.bench_loop",
+     ["--sizes=tiny", "--dispatch=1,10,100", "--repeats=3"]),
 )
 
 

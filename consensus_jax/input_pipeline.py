@@ -59,7 +59,8 @@ def _synthetic_split(data_cfg: Any, split: str, modality: str) -> dict[str, np.n
     channels = 2 if modality == "mri" else 1
     seed, num = {data_cfg.train_split: (0, 24),
                  data_cfg.get("validation_split", "validation"): (2000, 6)}.get(split, (1000, 6))
-    pairs = synthetic.noisy_pairs(num, 32, 0.5, seed=seed, channels=channels)
+    size = int(data_cfg.get("synthetic_size_px", 32))
+    pairs = synthetic.noisy_pairs(num, size, 0.5, seed=seed, channels=channels)
     out = {k: pairs[k] for k in ("x1", "x2", "x_est")}
     for k in IMAGE_KEYS[modality]:
         out.setdefault(k, pairs["x_ref"])
