@@ -46,13 +46,15 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
     modality = base.modality
     images = input_pipeline.load_split(base.data, base.data.test_split, modality)
     rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    steps: dict[str, list[str]] = {}
     for name, overrides in settings.items():
         for seed in seeds:
             config = apply_overrides(base, {**overrides, "seed": seed})
             workdir = root / re.sub(r"[^A-Za-z0-9.=_-]+", "_", name) / f"seed{seed}"
             print(f"== {name}, seed {seed}: {dict(overrides)} -> {workdir}")
             experiment.fit(config, workdir)
-            method, params, _, _ = evaluation.load_run(workdir)
+            method, params, step, _ = evaluation.load_run(workdir)
+            steps.setdefault(name, []).append(f"{step} (seed {seed})")
             outputs = evaluation.predict(method, params, images, config.eval.batch_size)
             for result in evaluation.score(modality, outputs, images):
                 label = name if len(outputs) == 1 else f"{name} [{result.method}]"
@@ -80,11 +82,14 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
             cells.append(f"{means.mean():.2f} ± {means.std():.2f} [{stds.mean():.1f}]"
                          if means.size else "—")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Checkpoints evaluated (each run's best validation loss; its latest where the "
+              "dataset has no validation split), step per seed: "
+              + "; ".join(f"{name} {', '.join(s)}" for name, s in steps.items()) + "."]
     out_dir.mkdir(parents=True, exist_ok=True)
     table = "\n".join(lines) + "\n"
     wd.atomic_write(out_dir / "ablation.md", table)
     wd.atomic_write(out_dir / "ablation.json", json.dumps(
         {"settings": {k: dict(v) for k, v in settings.items()}, "seeds": list(seeds),
-         "rows": rows}, indent=1))
+         "rows": rows, "checkpoint_steps": steps}, indent=1))
     print(table)
     return out_dir / "ablation.md"
