@@ -1,12 +1,12 @@
 """MRI, CPU-sized: the built-in quick knee set (128 px), a base-16 UNet and 1,000 steps.
 
-Deltas from mri_paper.py: data config "quick" (128 px, 8 coils, 16 centre lines, 4x, 8 + 2
+Deltas from mri_paper.py: data config "quick" (128 px, 8 coils at SNR 18, 16 centre lines, 4x, 8 + 2
 patients x 8 slices), base 16 features, 64 x 64 patches, batch 16, 1,000 steps, and Adam at 1e-3 (the
 paper's 1e-4 is far too slow for a few hundred steps) decayed to 0 by a half-cosine (the paper's
 rate is constant); docs/EXPERIMENTS.md has the measurements behind both choices.
 
-Run (make demo-mri does all of it: 6 min 5 s on 2 idle CPU cores with the data built, 2026-11-25;
-make ablation-mri repeats the training over seeds 0, 1, 2: 17 min):
+Run (make demo-mri does all of it, seed 0; make ablation-mri repeats the training over seeds
+0, 1, 2: 79 min with the data build on 2 CPU cores shared with another run, 2026-11-30):
   python -m data_prep.mri --config=quick
   python train.py --config=configs/mri_quick.py --workdir=work_dirs/mri_quick/noise2clean \
       --config.loss.kind=noise2clean --config.loss.beta_r=0
@@ -15,9 +15,9 @@ make ablation-mri repeats the training over seeds 0, 1, 2: 17 min):
   python train.py --config=configs/mri_quick.py --workdir=work_dirs/mri_quick/consensus
   python evaluate.py --runs=work_dirs/mri_quick/consensus,work_dirs/mri_quick/noise2noise,\
 work_dirs/mri_quick/noise2clean --out=results/mri_quick
-Reaches (make ablation-mri; complex RMSE x 1e-3 / amplitude SSIM x 100, mean +- std over seeds):
-SENSE 67.1 / 77.0, Noise2noise 112.9 +- 3.7 / 52.1 +- 0.5, Proposed 69.8 +- 0.3 / 69.9 +- 0.4,
-Noise2clean 47.3 +- 1.5 / 84.6 +- 0.6: the consensus pair does not beat SENSE here.
+Reaches (make ablation-mri, best-validation checkpoints; complex RMSE x 1e-3 / amplitude SSIM x
+100, mean +- std over seeds): zero-filling 102.3 / 63.1, SENSE 115.1 / 60.6, Noise2noise 103.3 +-
+3.5 / 53.0 +- 1.0, Proposed 75.0 +- 1.2 / 70.8 +- 0.3, Noise2clean 55.4 +- 0.8 / 79.2 +- 0.2.
 """
 
 from configs import mri_paper
