@@ -19,7 +19,6 @@ model (a ~1 ms step on CPU), and a loop efficiency (isolated / loop) of at least
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -30,20 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.bench_train_step import Size
 from configs import tiny
 from consensus_jax import experiment, train_lib
 
-
-@dataclasses.dataclass(frozen=True)
-class Size:
-    name: str
-    base_features: int
-    depth: int
-    patch_px: int
-    batch: int
-    steps: int  # steps of each loop run and of each isolated-step timing
-
-
+# Size.steps here: the steps of each loop run and of each isolated-step timing.
 SIZES = {
     "tiny": Size("tiny", 4, 2, 16, 4, steps=1000),
     "quick": Size("quick", 16, 3, 64, 16, steps=300),
