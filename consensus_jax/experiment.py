@@ -155,8 +155,9 @@ class _Validator:
 
 
 #: Training steps per dispatch (``train.steps_per_dispatch = 0``) by platform: on an
-#: accelerator the host loop around a few-millisecond step costs more than the step itself;
-#: on CPU a step takes ~0.1 s and the loop's overhead is negligible (bench/RESULTS.md).
+#: accelerator the host loop around a few-millisecond step costs more than the step itself
+#: (not yet measured here: 100 is a guess); on CPU the fused loop measured slower per step than
+#: one dispatch per step (``python -m bench.bench_loop``, bench/PERF_LOG.md).
 DEFAULT_STEPS_PER_DISPATCH = {"cpu": 1, "gpu": 100, "tpu": 100}
 # 1 runs the step alone (one dispatch per step); > 1 a fused multi-step function whose
 # parameters agree with those of single steps to float32 rounding (not bitwise: XLA fuses the
