@@ -264,9 +264,16 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
         train_step = train_lib.make_train_step(method, optimizer,
                                                out_shardings=(replicated, replicated))
 
+        orders: dict[int, jax.Array] = {}  # the current epoch's slice order, computed once
+
         def advance(state, first, stop):
             for step in range(first, stop):
-                local = schedule.batch(images, k_order, k_patch, step, pid, nproc)
+                epoch = step // steps_per_epoch
+                if epoch not in orders:
+                    orders.clear()
+                    orders[epoch] = schedule.order(k_order, epoch)
+                local = schedule.batch(images, k_order, k_patch, step, pid, nproc,
+                                       order=orders[epoch])
                 batch = _globalise(local, batch_sharding, nproc)
                 state, step_metrics = train_step(state, batch, jax.random.fold_in(k_step, step))
             return state, step_metrics

@@ -242,12 +242,19 @@ class PatchSchedule:
     patch_size: int
     augment: bool = False
 
+    def order(self, k_order: Array, epoch: Any) -> Array:
+        """The slice order of ``epoch`` (one entry per patch of the epoch)."""
+        return patches.epoch_slice_order(jax.random.fold_in(k_order, epoch), self.num_slices,
+                                         self.patches_per_slice)
+
     def batch(self, images: Mapping[str, Array], k_order: Array, k_patch: Array, step: Any,
-              process_index: int = 0, process_count: int = 1) -> dict[str, Array]:
-        """The patch batch of ``step`` (a Python int or a traced int32)."""
+              process_index: int = 0, process_count: int = 1,
+              order: Array | None = None) -> dict[str, Array]:
+        """The patch batch of ``step`` (a Python int or a traced int32); ``order``: the step's
+        epoch order when the caller already has it (else computed here)."""
         epoch, i = step // self.steps_per_epoch, step % self.steps_per_epoch
-        order = patches.epoch_slice_order(jax.random.fold_in(k_order, epoch), self.num_slices,
-                                          self.patches_per_slice)
+        if order is None:
+            order = self.order(k_order, epoch)
         idx = jax.lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
         key = jax.random.fold_in(k_patch, step * process_count + process_index)
         return patches.random_patch_batch(key, images, idx, self.patch_size, self.augment)
