@@ -14,6 +14,7 @@ import pytest
 from scipy import ndimage
 
 from consensus_jax.phantoms import abdomen
+from consensus_jax.phantoms.abdomen.anatomy import make_anatomy
 from consensus_jax.phantoms.knee import knee_phantom, virtual_knee
 from consensus_jax.phantoms.mni import mni152_slices
 
@@ -23,6 +24,7 @@ P256 = abdomen.default_pixel_size_mm(256)
 P512 = abdomen.default_pixel_size_mm(512)
 LIVER = abdomen.LABEL_NAMES.index("liver")
 LESION = abdomen.LABEL_NAMES.index("liver_lesion")
+FIRST_LOOP_START_PATIENT0 = [-30.176287630983822, -44.766636430322166, 149.8120071427303]
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +183,23 @@ def test_changing_lesions_leaves_the_anatomy():
     b = abdomen.abdomen_slice(2, 40, 64, P64, lesion_diameter_mm=(5.0, 6.0))
     lesion_free = np.abs(a - b) == 0
     assert lesion_free.mean() > 0.97
+
+
+@pytest.mark.parametrize("seed", [21, 22, 39])
+def test_slim_patients_build_with_bowel_in_front_of_the_spine(seed):
+    # These seeds draw a body whose spine sits within 25 mm of the front wall; they used to
+    # crash the bowel placement, which stopped a dataset build with 24 extra patients.
+    anat = make_anatomy(seed, (-40.0, -10.0), (2.0, 10.0))
+    spine_front = anat.organ["spine"]["y_vb"] - anat.organ["spine"]["ry"]
+    small_bowel = anat.bowel[:-3]  # the last three are the colon, placed separately
+    starts = np.array([loop.tube.a[0] for loop in small_bowel])
+    assert np.all(starts[:, 1] < spine_front)
+
+
+def test_bowel_of_an_ordinary_patient_is_unchanged_by_the_slim_body_rule():
+    # Patient 0's first loop, as drawn before the slim-body rule existed.
+    loop = make_anatomy(0, (-40.0, -10.0), (2.0, 10.0)).bowel[0]
+    np.testing.assert_allclose(loop.tube.a[0], FIRST_LOOP_START_PATIENT0, rtol=1e-12)
 
 
 def test_save_preview_png(tmp_path):

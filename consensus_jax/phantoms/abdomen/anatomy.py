@@ -296,6 +296,11 @@ def _make_bowel(rng, body, organ) -> tuple[_Bowel, ...]:
     loops = []
     lo = np.array([cx - 0.62 * ai, cy - 0.85 * bi, 0.45 * length])
     hi = np.array([cx + 0.62 * ai, sp["y_vb"] - sp["ry"] - 25.0, 1.4 * length])
+    if hi[1] <= lo[1]:
+        # A slim body whose spine sits close to the front wall (about 1 patient in 20): the
+        # 25 mm margin leaves no room, so the loops fill the front half of the gap instead.
+        # Every other patient draws exactly the numbers it drew before.
+        hi[1] = 0.5 * (lo[1] + sp["y_vb"] - sp["ry"])
     for _ in range(int(rng.integers(5, 8))):
         start = rng.uniform(lo, hi)
         radius = rng.uniform(8.0, 13.0)
