@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # step, bench/PERF_LOG.md). Set it yourself when you run the programs without make.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: venv test test-all lint demo demo-mri bench ablation ablation-mri print-env
+.PHONY: venv test test-multihost test-all lint demo demo-mri bench ablation ablation-mri print-env
 
 # Idempotent: (re)installs only when the venv is missing or setup.cfg/pyproject.toml changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -24,7 +24,11 @@ lint: venv
 	$(BIN)/ruff check .
 
 test: venv lint
-	$(BIN)/python -m pytest -m "not slow" -q --durations=10
+	$(BIN)/python -m pytest -m "not slow and not multihost" -q --durations=10
+
+# Two real training processes on this machine (docs/multihost.md); about 3 minutes on 2 cores.
+test-multihost: venv
+	$(BIN)/python -m pytest -m multihost -q --durations=10
 
 # Everything, the tests marked slow (over ~20 s each) too.
 test-all: venv lint

@@ -2,16 +2,21 @@
 
   python ablation.py --config=configs/ct_quick.py --grid=loss_terms --seeds=0,1,2 \
       --root=work_dirs/ablation_ct --out=results/ablation_ct
+
+Takes train.py's multi-process flags (--coordinator_address, --num_processes, --process_id, ...).
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from consensus_jax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base experiment config.")
 _GRID = flags.DEFINE_string("grid", "loss_terms", "Grid name in configs/ablation.py.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _ROOT = flags.DEFINE_string("root", None, "Folder for the runs' workdirs.")
 _OUT = flags.DEFINE_string("out", None, "Folder for ablation.md / ablation.json.")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "root", "out"])
 
 
@@ -19,6 +24,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    distributed.initialize_from_flags()  # several processes train each run together
     from configs import ablation as grids
     from consensus_jax import ablation
 

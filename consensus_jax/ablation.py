@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -44,6 +45,7 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
     """Trains and evaluates every (setting, seed); writes ablation.md and ablation.json."""
     root, out_dir = Path(root), Path(out_dir)
     modality = base.modality
+    primary = jax.process_index() == 0  # all processes train and evaluate; one writes
     images = input_pipeline.load_split(base.data, base.data.test_split, modality)
     rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
     steps: dict[str, list[str]] = {}
@@ -51,7 +53,8 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
         for seed in seeds:
             config = apply_overrides(base, {**overrides, "seed": seed})
             workdir = root / re.sub(r"[^A-Za-z0-9.=_-]+", "_", name) / f"seed{seed}"
-            print(f"== {name}, seed {seed}: {dict(overrides)} -> {workdir}")
+            if primary:
+                print(f"== {name}, seed {seed}: {dict(overrides)} -> {workdir}")
             experiment.fit(config, workdir)
             method, params, step, _ = evaluation.load_run(workdir)
             steps.setdefault(name, []).append(f"{step} (seed {seed})")
@@ -85,8 +88,10 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
     lines += ["", "Checkpoints evaluated (each run's best validation loss; its latest where the "
               "dataset has no validation split), step per seed: "
               + "; ".join(f"{name} {', '.join(s)}" for name, s in steps.items()) + "."]
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = "\n".join(lines) + "\n"
+    if not primary:
+        return out_dir / "ablation.md"
+    out_dir.mkdir(parents=True, exist_ok=True)
     wd.atomic_write(out_dir / "ablation.md", table)
     wd.atomic_write(out_dir / "ablation.json", json.dumps(
         {"settings": {k: dict(v) for k, v in settings.items()}, "seeds": list(seeds),

@@ -197,7 +197,7 @@ def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collec
         optimizer = train_lib.make_optimizer(1.0, config.optim.schedule, total_steps=1)
         return jax.eval_shape(optimizer.init, params)
 
-    replicated = NamedSharding(train_lib.make_mesh(), P())
+    replicated = NamedSharding(train_lib.make_mesh(local=True), P())
     return wd.restore_params(directory, step, params, replicated, opt_state_shapes), step, why
 
 
@@ -226,6 +226,8 @@ def evaluate_on_test(config: ml_collections.ConfigDict, method: train_lib.Method
         if result.reference == first_ref:
             for metric, values in result.values.items():
                 summary[f"{result.method} {metric}"] = float(np.mean(values))
+    if jax.process_index() != 0:  # every process evaluates alike; one writes
+        return summary
     wd.atomic_write(Path(workdir) / "eval_summary.json", json.dumps(summary, indent=1))
     print(f"{workdir}: test split vs {first_ref} at step {step}: " + ", ".join(
         f"{k} {v:.2f}" for k, v in summary.items() if k != "step"))

@@ -5,9 +5,13 @@ on (seed, e). Restarting from the checkpoint of step ``k`` therefore replays exa
 an uninterrupted run, and reaches the same parameters.
 
 Scale-out: one ``Mesh`` over every device (axis "data"); the params are replicated and each batch
-is sharded over the batch axis, so ``jit`` inserts the gradient all-reduce. On several hosts
-(``jax.distributed.initialize()``) each host reads its own shard of the slices and contributes its
-share of every global batch (``jax.make_array_from_process_local_data``).
+is sharded over the batch axis, so ``jit`` inserts the gradient all-reduce. On several processes
+(``consensus_jax.distributed``) every process holds the whole training split, as a one-process run
+does, cuts the same global batch and contributes its share of it
+(``jax.make_array_from_process_local_data``). The step count, the schedule and every batch are
+therefore those of a one-process run with the same config, whatever the number of processes;
+only the order of the gradient reductions differs. Process 0 alone writes config.json, the logs
+and TensorBoard; every process takes part in the (orbax) checkpoints.
 """
 
 from __future__ import annotations
@@ -39,15 +43,18 @@ EARLY_STOP_FILE = "early_stop.json"
 
 
 class _Logger:
-    """metrics.jsonl always; TensorBoard scalars when enabled (TF imported on first use)."""
+    """metrics.jsonl; TensorBoard scalars when asked for (TF imported on first use)."""
 
-    def __init__(self, workdir: Path, tensorboard: bool):
+    def __init__(self, workdir: Path, tensorboard: bool, enabled: bool = True):
         self.path = workdir / "metrics.jsonl"
-        self.tensorboard = tensorboard
+        self.enabled = enabled  # False: another process writes the logs
+        self.tensorboard = tensorboard and enabled
         self.writer = None
         self.workdir = workdir
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
         if self.tensorboard:
@@ -79,7 +86,7 @@ class _Validator:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, method: train_lib.Method,
-                 workdir: Path, images: dict[str, np.ndarray]):
+                 workdir: Path, images: dict[str, np.ndarray], replicated: NamedSharding):
         self.method, self.modality = method, config.modality
         self.every = int(config.train.eval_every_steps)
         self.patience = int(config.train.early_stop_patience)
@@ -87,7 +94,8 @@ class _Validator:
         self.batch_size = int(config.eval.batch_size)
         keys = [k for k in ("x1", "x2", "x_est", "x_ref", "x_clean", method.noise2clean_input)
                 if k in images]
-        self.images = {k: images[k] for k in dict.fromkeys(keys)}
+        # Whole slices in every process, on the devices of the mesh.
+        self.images = replicate({k: images[k] for k in dict.fromkeys(keys)}, replicated)
         self.pixels = int(np.prod(images["x1"].shape[1:3]))
         self.step_fn = jax.jit(partial(train_lib.validation_terms, method))
         self.best = wd.best_manager(workdir)
@@ -106,8 +114,7 @@ class _Validator:
         sums: dict[str, float] = {}
         num = self.images["x1"].shape[0]
         for start in range(0, num, self.batch_size):
-            batch = {k: jnp.asarray(v[start:start + self.batch_size])
-                     for k, v in self.images.items()}
+            batch = {k: v[start:start + self.batch_size] for k, v in self.images.items()}
             terms, z = self.step_fn(params, batch)
             b = z.shape[0]
             scores = metrics.image_metrics(self.modality, z, batch["x_ref"])
@@ -190,27 +197,26 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     workdir = Path(workdir)
     method = train_lib.Method.from_config(config)
     tcfg = config.train
-    wd.check_workdir_config(workdir, config, allow_config_change)
-
     pid, nproc = jax.process_index(), jax.process_count()
+    wd.check_workdir_config(workdir, config, allow_config_change, write=pid == 0)
     mesh = train_lib.make_mesh()
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     if tcfg.batch_size % mesh.size:
         raise ValueError(f"train.batch_size={tcfg.batch_size} must be divisible by the number of "
                          f"devices ({mesh.size}).")
+    # This process's rows of every global batch: those its devices hold.
     local_batch = tcfg.batch_size // nproc
+    rows = slice(pid * local_batch, (pid + 1) * local_batch)
 
     images = input_pipeline.load_split(config.data, config.data.train_split, config.modality,
-                                       keys=method.input_keys(), process_index=pid,
-                                       process_count=nproc)
-    images = {k: jnp.asarray(v) for k, v in images.items()
-              if k not in ("patient_id", "slice_index")}
+                                       keys=method.input_keys())
+    images = {k: v for k, v in images.items() if k not in ("patient_id", "slice_index")}
     num_slices = next(iter(images.values())).shape[0]
-    steps_per_epoch = (num_slices * tcfg.patches_per_slice) // local_batch
+    steps_per_epoch = (num_slices * tcfg.patches_per_slice) // tcfg.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{num_slices} slices x {tcfg.patches_per_slice} patches per slice is "
-                         f"less than one batch of {local_batch}: lower train.batch_size.")
+                         f"less than one batch of {tcfg.batch_size}: lower train.batch_size.")
     total_steps = _num_steps(config, steps_per_epoch)
 
     optimizer = train_lib.make_optimizer(config.optim.learning_rate,
@@ -227,16 +233,20 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     if start >= total_steps or stopped.exists():
         why = f"stopped early at step {start}" if stopped.exists() else \
             f"already trained to step {start} of {total_steps}"
-        print(f"{workdir}: {why}; nothing to do.")
+        if pid == 0:
+            print(f"{workdir}: {why}; nothing to do.")
         mngr.close()
         return state, method
+    who = f" (process {pid} of {nproc})" if nproc > 1 else ""
+    if start:
+        tqdm.write(f"{workdir}: resuming from step {start}{who}.")
 
     validator = None
     val_split = config.data.validation_split
     if int(tcfg.eval_every_steps) > 0:
         if input_pipeline.has_split(config.data, val_split):
             val_images = input_pipeline.load_split(config.data, val_split, config.modality)
-            validator = _Validator(config, method, workdir, val_images)
+            validator = _Validator(config, method, workdir, val_images, replicated)
         elif pid == 0:
             print(f"Note: the dataset {config.data.name}/{config.data.config} has no "
                   f"{val_split!r} split (built before validation splits existed): training "
@@ -244,14 +254,14 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                   "with data_prep to get one.")
 
     patch_pixels = tcfg.patch_size_px ** 2
-    schedule = train_lib.PatchSchedule(steps_per_epoch, local_batch, num_slices,
+    schedule = train_lib.PatchSchedule(steps_per_epoch, int(tcfg.batch_size), num_slices,
                                        int(tcfg.patches_per_slice), int(tcfg.patch_size_px),
                                        bool(tcfg.augment))
     keys = (k_order, k_patch, k_step)
     per_dispatch = steps_per_dispatch(config)
-    if nproc == 1 and per_dispatch > 1:
+    images = replicate(images, replicated)
+    if per_dispatch > 1:
         # Several steps per dispatch, each cutting its patches on the device.
-        images = jax.device_put(images, replicated)
         multi_step = train_lib.make_multi_step(
             method, optimizer, schedule, batch_sharding if mesh.size > 1 else None,
             out_shardings=(replicated, replicated))
@@ -259,8 +269,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
         def advance(state, first, stop):
             return multi_step(state, images, keys, jnp.int32(first), jnp.int32(stop - first))
     else:
-        # One dispatch per step; on several hosts each cuts its share of every global batch
-        # from its own slices.
+        # One dispatch per step; on several processes each cuts the global batch and passes
+        # on its rows.
         train_step = train_lib.make_train_step(method, optimizer,
                                                out_shardings=(replicated, replicated))
 
@@ -272,13 +282,12 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                 if epoch not in orders:
                     orders.clear()
                     orders[epoch] = schedule.order(k_order, epoch)
-                local = schedule.batch(images, k_order, k_patch, step, pid, nproc,
-                                       order=orders[epoch])
-                batch = _globalise(local, batch_sharding, nproc)
+                batch = schedule.batch(images, k_order, k_patch, step, order=orders[epoch])
+                batch = _globalise(batch, batch_sharding, nproc, rows)
                 state, step_metrics = train_step(state, batch, jax.random.fold_in(k_step, step))
             return state, step_metrics
 
-    logger = _Logger(workdir, bool(tcfg.get("tensorboard", True)) and pid == 0)
+    logger = _Logger(workdir, bool(tcfg.get("tensorboard", True)), enabled=pid == 0)
     exit_at = int(os.environ.get(CRASH_AFTER_STEP, "0") or 0)
     bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=pid != 0 or not tcfg.get("progress", True), desc=method.kind)
@@ -336,6 +345,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
         if exit_at and done == exit_at:
             os._exit(3)  # simulates a crash between steps (tests of exact resume)
     bar.close()
+    if nproc > 1:  # each process says where it stopped: they must agree
+        print(f"{workdir}: trained to step {step}{who}.", flush=True)
     logger.close()
     mngr.wait_until_finished()
     mngr.close()
@@ -344,9 +355,19 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     return state, method
 
 
-def _globalise(local: dict[str, jax.Array], sharding: NamedSharding, nproc: int
+def replicate(tree: Any, sharding: NamedSharding) -> Any:
+    """Host arrays, identical in every process, as arrays replicated over ``sharding``'s mesh."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(
+        lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), tree)
+
+
+def _globalise(batch: dict[str, jax.Array], sharding: NamedSharding, nproc: int, rows: slice
                ) -> dict[str, jax.Array]:
+    """The global ``batch`` (cut alike in every process) sharded over the batch axis; each
+    process passes on its ``rows``."""
     if nproc == 1:
-        return jax.device_put(local, sharding)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local.items()}
+        return jax.device_put(batch, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v[rows]))
+            for k, v in batch.items()}

@@ -80,28 +80,25 @@ def has_split(data_cfg: Any, split: str) -> bool:
     return any(s.get("name") == split for s in info.get("splits", []))
 
 
-def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str, ...] | None = None,
-               process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str, ...] | None = None
+               ) -> dict[str, np.ndarray]:
     """All slices of a split as numpy arrays, images [S, H, W, C] float32.
 
-    Adds ``x_ref`` (the paper's reference: CT full-dose FBP, MRI fully sampled image). With several
-    processes, each reads its own contiguous shard of the slices (``tfds.even_splits``).
+    Adds ``x_ref`` (the paper's reference: CT full-dose FBP, MRI fully sampled image). Slices are
+    ordered by patient, then slice, whatever the shard layout on disk.
 
     Args:
       data_cfg: the ``data`` group of an experiment config.
       split: split name, e.g. "train" or "test".
       modality: "ct" or "mri".
       keys: image keys to load (default: all of the modality's).
-      process_index, process_count: this host's shard.
     """
     if modality not in IMAGE_KEYS:
         raise ValueError(f"modality must be 'ct' or 'mri', got {modality!r}.")
     if data_cfg.name == "synthetic":
         out = _synthetic_split(data_cfg, split, modality)
-        if process_count > 1:
-            out = {k: np.array_split(v, process_count)[process_index] for k, v in out.items()}
     else:
-        out = _read_tfds(data_cfg, split, process_index, process_count)
+        out = _read_tfds(data_cfg, split)
     out["x_ref"] = out[REFERENCE_KEY[modality]]
     if keys is not None:
         missing = sorted(set(keys) - set(out))
@@ -115,8 +112,7 @@ def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str,
     return out
 
 
-def _read_tfds(data_cfg: Any, split: str, process_index: int,
-               process_count: int) -> dict[str, np.ndarray]:
+def _read_tfds(data_cfg: Any, split: str) -> dict[str, np.ndarray]:
     import_tensorflow()
     import tensorflow_datasets as tfds
 
@@ -124,9 +120,7 @@ def _read_tfds(data_cfg: Any, split: str, process_index: int,
     if split not in builder.info.splits:
         raise ValueError(f"Split {split!r} not in {dataset_dir(data_cfg)}; it has "
                          f"{sorted(builder.info.splits)}.")
-    read_split = tfds.even_splits(split, n=process_count)[process_index] if process_count > 1 \
-        else split
-    ds = builder.as_dataset(split=read_split, shuffle_files=False)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
     columns: dict[str, list[np.ndarray]] = {}
     for example in tfds.as_numpy(ds):
         for k, v in example.items():

@@ -232,11 +232,12 @@ class PatchSchedule:
     Epoch ``e = s // steps_per_epoch`` visits every slice ``patches_per_slice`` times in the
     order ``patches.epoch_slice_order(fold_in(k_order, e))``; step ``s`` takes the next
     ``batch_size`` entries of it and cuts one patch from each at random locations drawn from
-    ``fold_in(k_patch, s * process_count + process_index)``.
+    ``fold_in(k_patch, s)``. The batch is the global one: on several processes each cuts the
+    same batch and contributes its share (``experiment.fit``).
     """
 
     steps_per_epoch: int
-    batch_size: int  # per process
+    batch_size: int  # global
     num_slices: int
     patches_per_slice: int
     patch_size: int
@@ -248,7 +249,6 @@ class PatchSchedule:
                                          self.patches_per_slice)
 
     def batch(self, images: Mapping[str, Array], k_order: Array, k_patch: Array, step: Any,
-              process_index: int = 0, process_count: int = 1,
               order: Array | None = None) -> dict[str, Array]:
         """The patch batch of ``step`` (a Python int or a traced int32); ``order``: the step's
         epoch order when the caller already has it (else computed here)."""
@@ -256,7 +256,7 @@ class PatchSchedule:
         if order is None:
             order = self.order(k_order, epoch)
         idx = jax.lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
-        key = jax.random.fold_in(k_patch, step * process_count + process_index)
+        key = jax.random.fold_in(k_patch, step)
         return patches.random_patch_batch(key, images, idx, self.patch_size, self.augment)
 
 
@@ -369,10 +369,11 @@ def validation_terms(method: Method, params: dict[str, Any], batch: Batch
     return terms, z
 
 
-def make_mesh() -> Mesh:
+def make_mesh(local: bool = False) -> Mesh:
     """A 1-D mesh over every device of every process, axis "data" (the batch is sharded over it,
-    the parameters replicated)."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+    the parameters replicated); ``local``: over this process's devices only (evaluation, which
+    each process of a multi-process run does on its own)."""
+    return Mesh(np.asarray(jax.local_devices() if local else jax.devices()), ("data",))
 
 
 def check_finite(metrics: Mapping[str, Any], step: int) -> None:

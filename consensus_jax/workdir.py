@@ -110,8 +110,11 @@ def _read_stored(path: Path) -> dict[str, Any]:
 
 
 def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
-                         allow_config_change: bool) -> None:
-    """Stores the config as JSON in a new workdir; refuses a different one in a used workdir."""
+                         allow_config_change: bool, write: bool = True) -> None:
+    """Stores the config as JSON in a new workdir; refuses a different one in a used workdir.
+
+    ``write=False`` only checks (the processes of a multi-process run other than process 0).
+    """
     path = workdir / "config.json"
     current = flatten_config(config)
     if path.exists():
@@ -126,6 +129,8 @@ def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
             )
         if not diff:
             return
+    if not write:
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(current, indent=2, sort_keys=True))
 
@@ -158,7 +163,12 @@ BEST = "best"
 
 def checkpoint_manager(workdir: Path, keep: int, subdir: str = CHECKPOINTS,
                        **options: Any) -> ocp.CheckpointManager:
-    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, **options)
+    # Its own barrier names: on several processes, the latest and the best checkpoint of the
+    # same step are saved at once and must not wait at each other's barriers.
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=subdir),
+        **options)
     return ocp.CheckpointManager((Path(workdir) / subdir).absolute(), options=opts)
 
 
