@@ -43,10 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.layer_impl = "auto"  # up-conv/pooling: "reshape" on CPU, XLA's layers on GPU
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.kind = "consensus"  # noise2clean | noise2noise | consensus
+    config.loss.kind = "consensus"  # noise2clean | noise2noise | consensus | distill
     config.loss.beta_w = 5e-6
     config.loss.beta_r = 0.5
     config.loss.noise2clean_input = "x_est"  # quarter-dose FBP of all views -> full-dose FBP
+    # distill: one network from this image to the output of a trained consensus run (its workdir)
+    config.loss.distill_input = "x_est"  # the quarter-dose FBP of all views
+    config.loss.teacher = ""
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-4

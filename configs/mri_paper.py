@@ -50,10 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.param_layout = "separate"
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.kind = "consensus"  # noise2clean | noise2noise | consensus
+    config.loss.kind = "consensus"  # noise2clean | noise2noise | consensus | distill
     config.loss.beta_w = 1e-6
     config.loss.beta_r = 5.0
     config.loss.noise2clean_input = "x_zf"  # zero-filled 4x image -> fully sampled image
+    # distill: one network from this image to the output of a trained consensus run (its workdir)
+    config.loss.distill_input = "x_est"  # SENSE; "x_zf": the zero-filled image
+    config.loss.teacher = ""
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-4

@@ -30,9 +30,10 @@ from consensus_jax import workdir as wd
 
 #: Column order of the paper's tables, by modality (baselines first, then the learned methods).
 METHOD_ORDER = {
-    "ct": ("FBP", "TV", "Noise2noise", "Noise2noise (both halves)", "Proposed", "Noise2clean"),
+    "ct": ("FBP", "TV", "Noise2noise", "Noise2noise (both halves)", "Proposed",
+           "Proposed (distilled)", "Noise2clean"),
     "mri": ("Zero-filling", "SENSE", "Noise2noise", "Noise2noise (both halves)", "Proposed",
-            "Noise2clean"),
+            "Proposed (distilled)", "Noise2clean"),
 }
 #: Non-learned baselines: the dataset feature holding each.
 BASELINE_FEATURE = {"FBP": "x_est", "Zero-filling": "x_zf", "SENSE": "x_est"}
@@ -55,7 +56,7 @@ class Result:
 def learned_columns(kind: str) -> tuple[str, ...]:
     """Table columns a trained run of ``loss.kind`` fills."""
     return {"consensus": ("Proposed",), "noise2noise": ("Noise2noise", "Noise2noise (both halves)"),
-            "noise2clean": ("Noise2clean",)}[kind]
+            "noise2clean": ("Noise2clean",), "distill": ("Proposed (distilled)",)}[kind]
 
 
 def predict(method: train_lib.Method, params: Any, images: Mapping[str, np.ndarray],
@@ -66,8 +67,9 @@ def predict(method: train_lib.Method, params: Any, images: Mapping[str, np.ndarr
     outputs: dict[str, list[np.ndarray]] = {}
     for start in range(0, num, batch_size):
         sl = slice(start, start + batch_size)
-        if method.kind == "noise2clean":
-            outs = {"Noise2clean": fn(params, jnp.asarray(images[method.noise2clean_input][sl]))}
+        if method.kind in ("noise2clean", "distill"):
+            (column,) = learned_columns(method.kind)
+            outs = {column: fn(params, jnp.asarray(images[method.image_input][sl]))}
         elif method.kind == "noise2noise":
             x1, x2 = jnp.asarray(images["x1"][sl]), jnp.asarray(images["x2"][sl])
             outs = {"Noise2noise": fn(params, x1),

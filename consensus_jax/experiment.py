@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from consensus_jax import input_pipeline, metrics, train_lib
+from consensus_jax import evaluation, input_pipeline, metrics, train_lib
 from consensus_jax import workdir as wd
 
 #: Environment variable for the tests of exact resume: the process exits (code 3, no cleanup)
@@ -75,6 +75,40 @@ class _Logger:
             self.writer.close()
 
 
+class _Teacher:
+    """The trained consensus run a ``distill`` network learns from, and its outputs z (Eq. 9)."""
+
+    def __init__(self, method: train_lib.Method, config: ml_collections.ConfigDict):
+        where = f"loss.teacher={method.teacher}"
+        try:
+            t_method, self.params, self.step, t_config = evaluation.load_run(method.teacher)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{where}: {e}") from None
+        if t_method.kind != "consensus":
+            raise ValueError(f"{where} is a {t_method.kind!r} run; distillation needs a trained "
+                             "consensus pair (loss.kind='consensus').")
+        ours = (config.modality, config.data.name, config.data.config)
+        theirs = (t_config.modality, t_config.data.name, t_config.data.config)
+        if ours != theirs:
+            raise ValueError(f"{where} was trained on {'/'.join(theirs)}, this run trains on "
+                             f"{'/'.join(ours)}: distil on the teacher's own dataset.")
+        self.method, self.batch_size = t_method, int(config.eval.batch_size)
+        self.data_keys = tuple(dict.fromkeys(
+            (*[k for k in method.input_keys() if k != train_lib.TEACHER_KEY], "x1", "x2")))
+        if jax.process_index() == 0:
+            print(f"Teacher: {method.teacher}, step {self.step} (its best checkpoint).")
+
+    def add_outputs(self, images: dict[str, np.ndarray], keep: tuple[str, ...] | None = None
+                    ) -> dict[str, np.ndarray]:
+        """``images`` with the teacher's output on every whole slice; ``keep``: the keys to keep
+        besides it (and the slice labels)."""
+        (z,) = evaluation.predict(self.method, self.params, images, self.batch_size).values()
+        out = {k: v for k, v in images.items()
+               if keep is None or k in keep or k in ("patient_id", "slice_index")}
+        out[train_lib.TEACHER_KEY] = z
+        return out
+
+
 class _Validator:
     """Label-free validation on whole held-out slices, the best checkpoint, and the guards.
 
@@ -92,8 +126,8 @@ class _Validator:
         self.patience = int(config.train.early_stop_patience)
         self.warn_after = int(config.train.overfit_warning_evals)
         self.batch_size = int(config.eval.batch_size)
-        keys = [k for k in ("x1", "x2", "x_est", "x_ref", "x_clean", method.noise2clean_input)
-                if k in images]
+        keys = [k for k in ("x1", "x2", "x_est", "x_ref", "x_clean", method.image_input,
+                            train_lib.TEACHER_KEY) if k in images]
         # Whole slices in every process, on the devices of the mesh.
         self.images = replicate({k: images[k] for k in dict.fromkeys(keys)}, replicated)
         self.pixels = int(np.prod(images["x1"].shape[1:3]))
@@ -209,8 +243,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     local_batch = tcfg.batch_size // nproc
     rows = slice(pid * local_batch, (pid + 1) * local_batch)
 
+    teacher = _Teacher(method, config) if method.kind == "distill" else None
     images = input_pipeline.load_split(config.data, config.data.train_split, config.modality,
-                                       keys=method.input_keys())
+                                       keys=teacher.data_keys if teacher else method.input_keys())
+    if teacher is not None:
+        images = teacher.add_outputs(images, keep=method.input_keys())
     images = {k: v for k, v in images.items() if k not in ("patient_id", "slice_index")}
     num_slices = next(iter(images.values())).shape[0]
     steps_per_epoch = (num_slices * tcfg.patches_per_slice) // tcfg.batch_size
@@ -246,6 +283,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     if int(tcfg.eval_every_steps) > 0:
         if input_pipeline.has_split(config.data, val_split):
             val_images = input_pipeline.load_split(config.data, val_split, config.modality)
+            if teacher is not None:
+                val_images = teacher.add_outputs(val_images)
             validator = _Validator(config, method, workdir, val_images, replicated)
         elif pid == 0:
             print(f"Note: the dataset {config.data.name}/{config.data.config} has no "

@@ -27,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -198,7 +199,9 @@ class UNet(nn.Module):
 def _jitted_init(config: UNetConfig) -> Callable[[Array], Any]:
     # One compilation per architecture: eager flax init dispatches every op separately, and
     # compiling the threefry initialisers costs seconds on XLA CPU.
-    dummy = jnp.zeros((1, config.size_multiple, config.size_multiple, config.in_channels))
+    # numpy, not jnp: a first call under a trace (jax.eval_shape) must not cache a tracer.
+    dummy = np.zeros((1, config.size_multiple, config.size_multiple, config.in_channels),
+                     np.float32)
 
     def init(key: Array) -> Any:
         # The initialisers draw from an RBG key derived from the caller's key: XLA CPU compiles

@@ -5,6 +5,11 @@ Schemes (``loss.kind``):
     quarter-dose FBP of all views, ``x_est``), target ``batch["x_ref"]`` (CT: full-dose FBP).
   * ``noise2noise`` (Eq. 2): one network, ``x1 -> x2``.
   * ``consensus`` (Eq. 12): two networks, ``Ln + beta_w Lw + beta_r Lr``.
+  * ``distill`` (the paper's Discussion): one network g from one reconstructed image
+    (``loss.distill_input``, default ``x_est``: CT quarter-dose FBP, MRI SENSE) to the frozen
+    output z = (f1(x1) + f2(x2)) / 2 of a trained consensus run (``loss.teacher``, its workdir),
+    so that the proposed method runs where only reconstructed images exist. The teacher's
+    outputs are computed once on whole slices (``batch["x_teacher"]``, ``experiment.fit``).
 
 Both networks of the consensus pair live in one params pytree and one optimizer state, so one
 jitted step updates both. Two layouts exist (``model.param_layout``): ``"separate"``
@@ -34,7 +39,9 @@ from consensus_jax.xla_options import default_compiler_options
 Array = jax.Array
 Batch = Mapping[str, Array]
 
-LOSS_KINDS = ("noise2clean", "noise2noise", "consensus")
+LOSS_KINDS = ("noise2clean", "noise2noise", "consensus", "distill")
+#: The batch key holding a distilled network's target, the teacher pair's output.
+TEACHER_KEY = "x_teacher"
 PARAM_LAYOUTS = ("separate", "stacked")
 
 
@@ -49,6 +56,8 @@ class Method:
       beta_w: weight of Eq. 10 (explicit L2 weight decay inside the loss, not AdamW).
       beta_r: weight of Eq. 11 (image consistency against ``x_est``); consensus only.
       noise2clean_input: batch key fed to the noise2clean network.
+      distill_input: batch key fed to the distilled network.
+      teacher: the workdir of the trained consensus run a ``distill`` network learns from.
     """
 
     kind: str
@@ -57,6 +66,8 @@ class Method:
     beta_w: float = 0.0
     beta_r: float = 0.0
     noise2clean_input: str = "x_est"
+    distill_input: str = "x_est"
+    teacher: str = ""
 
     def __post_init__(self):
         if self.kind not in LOSS_KINDS:
@@ -69,6 +80,10 @@ class Method:
             raise ValueError(
                 f"loss.beta_w and loss.beta_r must be >= 0, got {self.beta_w}, {self.beta_r}."
             )
+        if self.kind == "distill" and not self.teacher:
+            raise ValueError("loss.kind='distill' needs loss.teacher: the workdir of a trained "
+                             "consensus run, e.g. --config.loss.teacher=work_dirs/ct_quick/"
+                             "consensus.")
         if self.kind != "consensus" and self.beta_r:
             raise ValueError(
                 f"loss.beta_r={self.beta_r} only applies to loss.kind='consensus' (Eq. 11 needs "
@@ -83,10 +98,20 @@ class Method:
     def stacked(self) -> bool:
         return self.kind == "consensus" and self.param_layout == "stacked"
 
+    @property
+    def image_input(self) -> str:
+        """The batch key a single image-domain network reads (noise2clean, distill)."""
+        return self.distill_input if self.kind == "distill" else self.noise2clean_input
+
+    @property
+    def target_key(self) -> str:
+        """The batch key of a single image-domain network's target (noise2clean, distill)."""
+        return TEACHER_KEY if self.kind == "distill" else "x_ref"
+
     def input_keys(self) -> tuple[str, ...]:
         """Batch keys the step reads."""
-        if self.kind == "noise2clean":
-            return (self.noise2clean_input, "x_ref")
+        if self.kind in ("noise2clean", "distill"):
+            return (self.image_input, self.target_key)
         if self.kind == "noise2noise":
             return ("x1", "x2")
         return ("x1", "x2", "x_est") if self.beta_r else ("x1", "x2")
@@ -103,6 +128,8 @@ class Method:
             beta_w=float(config.loss.beta_w),
             beta_r=float(config.loss.beta_r),
             noise2clean_input=config.loss.get("noise2clean_input", "x_est"),
+            distill_input=config.loss.get("distill_input", "x_est"),
+            teacher=str(config.loss.get("teacher", "") or ""),
         )
 
 
@@ -185,9 +212,10 @@ def loss_fn(method: Method, params: dict[str, Any], batch: Batch) -> tuple[Array
         nets = split_params(method, params) if method.beta_w else None
         return losses.total_loss(y1, y2, batch["x1"], batch["x2"], batch.get("x_est"), nets,
                                  method.beta_w, method.beta_r)
-    if method.kind == "noise2clean":
-        (y,) = apply_networks(method, params, [batch[method.noise2clean_input]])
-        loss, terms = losses.noise2clean(y, batch["x_ref"])
+    if method.kind in ("noise2clean", "distill"):
+        (y,) = apply_networks(method, params, [batch[method.image_input]])
+        loss, terms = losses.noise2clean(y, batch[method.target_key])
+        terms = {method.kind: loss}
     else:
         (y,) = apply_networks(method, params, [batch["x1"]])
         loss, terms = losses.noise2noise(y, batch["x2"])
@@ -333,7 +361,8 @@ def validation_terms(method: Method, params: dict[str, Any], batch: Batch
         cross terms of Eq. 8 have zero mean when n2 is zero-mean given x + n1, so this estimates
         the clean consensus error of Eq. 7 plus a constant (docs/validation.md);
       * noise2noise: Eq. 2 in both directions, ``(||f(x1) - x2||^2 + ||f(x2) - x1||^2) / 2``;
-      * noise2clean: Eq. 1 from the configured input to ``x_ref``.
+      * noise2clean: Eq. 1 from the configured input to ``x_ref``;
+      * distill: the same squared error to the teacher pair's output.
     Also ``disagreement`` (``||y1 - y2||^2``; consensus and noise2noise) and, where the batch has
     ``x_clean``, ``clean_error`` = ``||z - x_clean||^2`` (Eq. 7 for the pair): an oracle, never
     used for selection. Every value is a batch mean of per-image sums, like the training terms.
@@ -347,9 +376,9 @@ def validation_terms(method: Method, params: dict[str, Any], batch: Batch
     apply_fn = partial(_apply, model)
     m = method.model.size_multiple
     nets = split_params(method, params)
-    if method.kind == "noise2clean":
-        z = apply_padded(apply_fn, nets[0], batch[method.noise2clean_input], m)
-        loss, _ = losses.noise2clean(z, batch["x_ref"])
+    if method.kind in ("noise2clean", "distill"):
+        z = apply_padded(apply_fn, nets[0], batch[method.image_input], m)
+        loss, _ = losses.noise2clean(z, batch[method.target_key])
         terms = {"loss": loss}
     else:
         second = nets[1] if method.kind == "consensus" else nets[0]
