@@ -223,11 +223,28 @@ def init_params(config: UNetConfig, key: Array) -> Any:
 def pad_to_multiple(x: Array, multiple: int) -> tuple[Array, tuple[int, int]]:
     """Reflect-pads [B, H, W, C] on the bottom/right to multiples of ``multiple``."""
     h, w = x.shape[1], x.shape[2]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        return _pad_symbolic(x, multiple), (h, w)
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
         mode = "reflect" if ph < h and pw < w else "edge"
         x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
     return x, (h, w)
+
+
+def _pad_symbolic(x: Array, multiple: int) -> Array:
+    """``pad_to_multiple`` for symbolic H, W (``jax.export``): the same reflection as a gather.
+
+    Identical to ``jnp.pad(..., mode="reflect")`` wherever that mode applies (padding shorter
+    than the image); sides shorter than the padding are reflected and then clamped.
+    """
+    for axis in (1, 2):
+        n = x.shape[axis]
+        size = (n + multiple - 1) // multiple * multiple
+        i = jnp.arange(size)
+        idx = jnp.clip(jnp.where(i < n, i, 2 * (n - 1) - i), 0, n - 1)
+        x = jnp.take(x, idx, axis=axis)
+    return x
 
 
 def apply_padded(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array,

@@ -1,0 +1,109 @@
+"""Loads an exported denoiser (``python -m consensus_jax.export``) with jax and numpy only.
+
+An exported folder holds ``model.jaxexport`` (the denoising function as serialized StableHLO,
+with symbolic batch size, height and width), ``params.npz`` (its parameters, in the function's
+argument order) and ``manifest.json`` (what the model expects). This file is copied into every
+exported folder as ``load_model.py``, so a colleague needs neither this project nor flax, optax
+or orbax:
+
+    from load_model import Model          # or: from consensus_jax.artifact import Model
+    model = Model.load("exported/ct_distilled")
+    denoised_hu = model.denoise(low_dose_hu)  # [S, H, W] in the manifest's units (CT: HU)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax import export
+
+MANIFEST = "manifest.json"
+FUNCTION = "model.jaxexport"
+PARAMS = "params.npz"
+FORMAT_VERSION = 1
+
+
+class Model:
+    """A denoiser: ``denoise(x)`` for one image per slice, ``denoise(x1, x2)`` for a pair."""
+
+    def __init__(self, exported: export.Exported, params: list[np.ndarray],
+                 manifest: dict[str, Any]):
+        self.exported, self.params, self.manifest = exported, params, manifest
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Model:
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {folder} is not an exported model (make "
+                                    "one with python -m consensus_jax.export).")
+        manifest = json.loads(path.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, this "
+                             f"loader reads {FORMAT_VERSION}; export the model again.")
+        exported = export.deserialize(bytearray((folder / FUNCTION).read_bytes()))
+        here = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
+        if here not in exported.platforms:
+            raise RuntimeError(f"{folder} was exported for {list(exported.platforms)}; JAX runs "
+                               f"on {here!r} here. Export the model again on such a machine.")
+        with np.load(folder / PARAMS) as f:
+            params = [f[f"p{i:04d}"] for i in range(len(f.files))]
+        return cls(exported, params, manifest)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The images each slice needs: ["x1", "x2"] for the consensus pair, else one."""
+        return list(self.manifest["inputs"])
+
+    def denoise(self, x1: np.ndarray, x2: np.ndarray | None = None,
+                batch_size: int = 8, progress: Any = None) -> np.ndarray:
+        """Denoised slices, in the units of the input (the manifest's ``units``).
+
+        Args:
+          x1: [S, H, W] (one channel) or [S, H, W, C]; any H, W (padded inside).
+          x2: the second half, for a model whose ``inputs`` are two images; else None.
+          batch_size: slices per call.
+          progress: optional callable(n) told after each batch how many slices were done.
+        """
+        pair = len(self.inputs) == 2
+        if pair and x2 is None:
+            raise ValueError(f"This model ({self.manifest['kind']}) denoises a pair of half "
+                             "reconstructions (x1, x2) of each slice; pass both, or export a "
+                             "distilled model (loss.kind=distill) to denoise single images.")
+        if not pair and x2 is not None:
+            raise ValueError(f"This model ({self.manifest['kind']}) takes one image per slice; "
+                             "pass x1 only.")
+        arrays = [self._prepare(x, name) for x, name in ((x1, "x1"), (x2, "x2")) if x is not None]
+        if pair and arrays[0].shape != arrays[1].shape:
+            raise ValueError(f"x1 {arrays[0].shape} and x2 {arrays[1].shape} differ in shape.")
+        scale = float(self.manifest["scale"])
+        out = []
+        for start in range(0, arrays[0].shape[0], batch_size):
+            batch = [a[start:start + batch_size] / scale for a in arrays]
+            out.append(np.asarray(self.exported.call(self.params, *batch)) * scale)
+            if progress is not None:
+                progress(batch[0].shape[0])
+        y = np.concatenate(out)
+        return y[..., 0] if np.ndim(x1) == 3 else y
+
+    def _prepare(self, x: np.ndarray, name: str) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        channels = int(self.manifest["channels"])
+        if x.ndim == 3 and channels == 1:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[-1] != channels:
+            raise ValueError(f"{name} has shape {x.shape}; expected [S, H, W, {channels}]"
+                             + (" or [S, H, W]" if channels == 1 else "") + ".")
+        if not np.all(np.isfinite(x)):
+            bad = int(np.argmax(~np.all(np.isfinite(x), axis=(1, 2, 3))))
+            raise ValueError(f"{name}: slice {bad} holds NaN or inf values; repair the input.")
+        return x
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"Model({m['kind']}, {m['modality']}, inputs {self.inputs}, units {m['units']}, "
+                f"step {m['checkpoint']['step']})")

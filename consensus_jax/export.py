@@ -1,0 +1,172 @@
+"""Exports a trained run as a self-contained denoiser folder (``consensus_jax.artifact``).
+
+  python -m consensus_jax.export --workdir=work_dirs/ct_quick/distill --out=exported/ct_distilled
+
+The folder holds the denoising function as serialized StableHLO (``jax.export``, lowered for CPU
+and CUDA, with symbolic batch size, height and width; the padding to a multiple of 2**depth
+happens inside), its parameters as ``params.npz``, ``manifest.json`` (modality, inputs, units,
+the geometry and dose or acceleration trained for, the training config's hash, versions,
+platforms, checkpoint) and ``load_model.py``, the loader, which needs jax and numpy only.
+Orbax checkpoints stay the training format; this is what is handed on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+from jax import export
+
+import consensus_jax
+from consensus_jax import artifact, evaluation, input_pipeline, train_lib
+
+#: Platforms the function is lowered for (one artifact runs on either).
+PLATFORMS = ("cpu", "cuda")
+#: Physical units of the images a model sees, and the factor the network's inputs are divided by.
+UNITS = {"ct": ("HU", 1000.0), "mri": ("(real, imaginary) channels, per-slice normalised", 1.0)}
+#: Dataset metadata copied into the manifest: what the model was trained for.
+_METADATA_KEYS = ("source", "units", "geometry", "photons_per_ray_full_dose", "dose_fraction",
+                  "image_shape", "num_coils", "snr", "acceleration", "num_center_lines",
+                  "normalisation")
+
+
+def build(workdir: str | Path, checkpoint: str | int = "best"
+          ) -> tuple[export.Exported, list[np.ndarray], dict[str, Any]]:
+    """(exported function, its parameters, manifest) of a run's checkpoint."""
+    method, params, step, config = evaluation.load_run(workdir, checkpoint)
+    leaves, treedef = jax.tree.flatten(params)
+    pair = method.kind == "consensus"
+    channels = int(method.model.in_channels)
+
+    def denoise(leaves, *images):
+        return train_lib.denoise(method, jax.tree.unflatten(treedef, leaves), *images)
+
+    b, h, w = export.symbolic_shape("b, h, w")
+    image = jax.ShapeDtypeStruct((b, h, w, channels), jnp.float32)
+    specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+    platforms = PLATFORMS if _cuda_lowering_available() else ("cpu",)
+    exported = export.export(jax.jit(denoise), platforms=platforms)(
+        specs, *([image, image] if pair else [image]))
+    units, scale = UNITS[config.modality]
+    stored = (Path(workdir) / "config.json").read_bytes()
+    metadata = input_pipeline.dataset_metadata(config.data)
+    manifest = {
+        "format_version": artifact.FORMAT_VERSION,
+        "modality": config.modality,
+        "kind": method.kind,
+        "inputs": ["x1", "x2"] if pair else [method.image_input],
+        "input_description": _describe_inputs(config.modality, method),
+        "units": units,
+        "scale": scale,
+        "channels": channels,
+        "size_multiple": int(method.model.size_multiple),
+        "trained_for": {k: metadata[k] for k in _METADATA_KEYS if k in metadata},
+        "dataset": f"{config.data.name}/{config.data.config}",
+        "checkpoint": {"step": int(step), "which": str(checkpoint),
+                       "workdir": str(Path(workdir).resolve())},
+        "config_sha256": hashlib.sha256(stored).hexdigest(),
+        "model": {"base_features": int(method.model.base_features),
+                  "depth": int(method.model.depth), "dtype": str(method.model.dtype)},
+        "platforms": list(exported.platforms),
+        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                     "numpy": np.__version__, "consensus_jax": consensus_jax.__version__},
+        "exported": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    return exported, [np.asarray(x) for x in leaves], manifest
+
+
+def _cuda_lowering_available() -> bool:
+    try:  # lowering for CUDA needs no GPU, but some jax builds lack the CUDA lowering rules
+        export.export(jax.jit(jnp.sin), platforms=("cuda",))(
+            jax.ShapeDtypeStruct((2,), jnp.float32))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: CPU only
+        return False
+
+
+def _describe_inputs(modality: str, method: train_lib.Method) -> str:
+    if method.kind == "consensus":
+        return ("the two half reconstructions of each slice: CT odd- and even-view FBP; MRI the "
+                "two zero-filled, amplified halves of the sampled lines")
+    names = {"ct": {"x_est": "the low-dose FBP of all views", "x_full": "a full-dose FBP"},
+             "mri": {"x_est": "the SENSE reconstruction", "x_zf": "the zero-filled image"}}
+    return names[modality].get(method.image_input, method.image_input)
+
+
+def write(exported: export.Exported, params: list[np.ndarray], manifest: dict[str, Any],
+          out: str | Path, overwrite: bool = False) -> Path:
+    """Writes the folder ``out`` all at once (a temporary folder renamed at the end)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or choose another "
+                              "--out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private
+    try:
+        (tmp / artifact.FUNCTION).write_bytes(exported.serialize())
+        np.savez(tmp / artifact.PARAMS, **{f"p{i:04d}": p for i, p in enumerate(params)})
+        (tmp / artifact.MANIFEST).write_text(json.dumps(manifest, indent=1))
+        shutil.copyfile(artifact.__file__, tmp / "load_model.py")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def load(path: str | Path, checkpoint: str | int = "best") -> artifact.Model:
+    """An exported folder, or a training workdir exported in memory, as an ``artifact.Model``."""
+    path = Path(path)
+    if (path / artifact.MANIFEST).is_file():
+        return artifact.Model.load(path)
+    if (path / "config.json").is_file():
+        exported, params, manifest = build(path, checkpoint)
+        return artifact.Model(export.deserialize(exported.serialize()), params, manifest)
+    raise FileNotFoundError(f"{path} is neither an exported model (no {artifact.MANIFEST}) nor a "
+                            "training workdir (no config.json).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from absl import flags  # noqa: PLC0415 - keeps `import consensus_jax.export` light
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "Training workdir to export.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Folder to write (must not exist).", flag_values=fv)
+    flags.DEFINE_string("checkpoint", "best", "best (lowest validation loss), latest, or a step.",
+                        flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
+    fv(argv or sys.argv)
+    if not fv.workdir or not fv.out:
+        print("usage: python -m consensus_jax.export --workdir=RUN --out=FOLDER "
+              "[--checkpoint=best|latest|STEP] [--overwrite]", file=sys.stderr)
+        return 2
+    out = Path(fv.out)
+    if out.exists() and not fv.overwrite:  # before the slow part
+        print(f"Error: {out} exists; pass --overwrite to replace it, or choose another --out.",
+              file=sys.stderr)
+        return 1
+    checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
+    exported, params, manifest = build(fv.workdir, checkpoint)
+    write(exported, params, manifest, out, overwrite=fv.overwrite)
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(f"Exported {manifest['kind']} ({manifest['modality']}, step "
+          f"{manifest['checkpoint']['step']}, platforms {', '.join(manifest['platforms'])}) to "
+          f"{out}: {size / 1e6:.1f} MB.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
