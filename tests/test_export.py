@@ -99,3 +99,102 @@ def test_model_refuses_wrong_inputs(runs, tmp_path):
     with pytest.raises(ValueError, match="slice 0 holds NaN"):
         single.denoise(bad)
     assert isinstance(single, artifact.Model)
+
+
+# --- the denoise command -----------------------------------------------------------------------
+
+def _dicom_series(folder, n=3):
+    """A small CT series made from pydicom's shipped CT slice (128 x 128, 0.66 mm)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir()
+    series = generate_uid()
+    for i in range(n):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * i]
+        ds.save_as(folder / f"slice{i}.dcm", enforce_file_format=True)
+    return folder
+
+
+def test_dicom_series_round_trip(runs, tmp_path):
+    import pydicom
+
+    from consensus_jax import denoise
+    from consensus_jax.ct import io as ct_io
+
+    model = cj_export.load(runs["noise2noise"])
+    source = _dicom_series(tmp_path / "in")
+    out = denoise.denoise_path(model, source, tmp_path / "out")
+    before = [pydicom.dcmread(p) for p in sorted(source.iterdir())]
+    after = [pydicom.dcmread(out / p.name) for p in sorted(source.iterdir())]
+    assert len({str(d.SeriesInstanceUID) for d in after}) == 1
+    assert after[0].SeriesInstanceUID != before[0].SeriesInstanceUID
+    sops = {str(d.SOPInstanceUID) for d in after}
+    assert len(sops) == 3 and not sops & {str(d.SOPInstanceUID) for d in before}
+    for a, b in zip(after, before, strict=True):
+        for tag in ("StudyInstanceUID", "PatientID", "PixelSpacing", "ImagePositionPatient",
+                    "InstanceNumber", "RescaleSlope", "RescaleIntercept", "Rows"):
+            assert a.get(tag) == b.get(tag), tag
+        assert str(a.SeriesDescription).endswith("denoised")
+        assert a.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
+        assert a.pixel_array.dtype == b.pixel_array.dtype
+    # Reads back as the denoised HU within one rescale step (slope 1 here: rounding only).
+    expected = model.denoise(ct_io.read_dicom_series(source).hu)
+    read_back = ct_io.read_dicom_series(out).hu
+    assert np.abs(read_back - expected).max() <= 0.5 * float(before[0].RescaleSlope) + 1e-3
+
+
+def test_denoise_cli_refuses_overwrite_pairs_and_unusual_input(runs, tmp_path, capsys):
+    from consensus_jax import denoise
+
+    source = _dicom_series(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier result")
+    args = ["denoise", f"--model={runs['noise2noise']}", f"--input={source}", f"--output={out}"]
+    assert denoise.main(args) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "earlier result"
+    pair = ["denoise", f"--model={runs['consensus']}", f"--input={source}",
+            f"--output={tmp_path / 'pair_out'}"]
+    assert denoise.main(pair) == 1
+    assert "Distil it" in capsys.readouterr().err and not (tmp_path / "pair_out").exists()
+    # Values that cannot be HU, and a pixel spacing far from the training data's.
+    model = cj_export.load(runs["noise2noise"])
+    np.save(tmp_path / "huge.npy", np.full((2, 32, 32), 1e30, np.float32))
+    with pytest.raises(denoise.InputError, match="not HU"):
+        denoise.denoise_path(model, tmp_path / "huge.npy", tmp_path / "huge_out.npy")
+    model.manifest["trained_for"] = {"geometry": {"image": {"pixel_size_mm": 1.48}}}
+    with pytest.raises(denoise.InputError, match="pixel spacing 0.661 mm"):
+        denoise.denoise_path(model, source, tmp_path / "spacing_out")
+    assert not (tmp_path / "spacing_out").exists() and not list(tmp_path.glob(".spacing_out*"))
+    denoise.denoise_path(model, source, tmp_path / "spacing_out", allow_other_spacing=True)
+
+
+def test_numpy_and_nifti_round_trips(runs, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from consensus_jax import denoise
+
+    single, pair = cj_export.load(runs["noise2noise"]), cj_export.load(runs["consensus"])
+    rng = np.random.default_rng(1)
+    stack = rng.normal(0, 200, (3, 40, 36)).astype(np.float32)
+    np.save(tmp_path / "stack.npy", stack)
+    out = denoise.denoise_path(single, tmp_path / "stack.npy", tmp_path / "stack_dn.npy")
+    np.testing.assert_allclose(np.load(out), single.denoise(stack), atol=1e-4)
+    np.savez(tmp_path / "halves.npz", x1=stack, x2=stack[::-1])
+    out = denoise.denoise_path(pair, tmp_path / "halves.npz", tmp_path / "pair_dn.npy")
+    np.testing.assert_allclose(np.load(out), pair.denoise(stack, stack[::-1]), atol=1e-4)
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    volume = np.moveaxis(stack, 0, 2)  # (x, y, slice)
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "vol.nii.gz")
+    out = denoise.denoise_path(single, tmp_path / "vol.nii.gz", tmp_path / "vol_dn.nii.gz")
+    image = nib.load(out)
+    np.testing.assert_allclose(image.affine, affine, atol=1e-6)  # stored as float32
+    np.testing.assert_allclose(np.asarray(image.dataobj),
+                               np.moveaxis(single.denoise(stack), 0, 2), atol=1e-3)

@@ -1,0 +1,289 @@
+"""Denoises new scans with an exported model or a training workdir.
+
+  python -m consensus_jax.denoise --model=exported/ct_distilled --input=scan/ --output=scan_dn/
+
+Inputs, by what ``--input`` is:
+
+* a folder of DICOM files (one CT series): a new series is written to the ``--output`` folder,
+  with new SeriesInstanceUID and SOPInstanceUIDs, the same study, patient and geometry tags,
+  "denoised" appended to SeriesDescription and the pixels stored as the input stored them
+  (RescaleSlope/Intercept, clipped to the stored range);
+* ``.nii`` / ``.nii.gz`` (nibabel; ``pip install nibabel``): axial slices along the third axis,
+  written as float32 with the input's affine;
+* ``.npy``: a stack [S, H, W] (or one slice [H, W]) in the model's units (CT: HU), written as
+  ``.npy``;
+* ``.npz`` with arrays ``x1`` and ``x2``: the two half reconstructions a consensus pair needs.
+
+A model trained as the consensus pair needs the two halves of each slice; a reconstructed scan
+has one image, so distil the pair first (``loss.kind=distill``). The output is written under a
+temporary name and renamed when complete, and an existing output is never replaced unless
+``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from consensus_jax import artifact
+
+#: Pixel spacings more than this factor away from the training data's are refused.
+SPACING_TOLERANCE = 1.5
+#: Plausible CT values (HU): outside, the input is probably not in HU.
+HU_RANGE = (-2100.0, 5000.0)
+
+
+class InputError(ValueError):
+    """An input that does not fit the model; the message says what to do."""
+
+
+def _trained_spacing(manifest: dict[str, Any]) -> float | None:
+    geometry = manifest.get("trained_for", {}).get("geometry", {})
+    return geometry.get("image", {}).get("pixel_size_mm")
+
+
+def check_spacing(manifest: dict[str, Any], spacing_mm: float | None, source: str,
+                  allow: bool) -> None:
+    """Refuses a pixel spacing far from the one the model was trained on (noise texture and
+    structure sizes change with it) unless ``allow``."""
+    trained = _trained_spacing(manifest)
+    if allow or trained is None or spacing_mm is None:
+        return
+    ratio = spacing_mm / trained
+    if not 1 / SPACING_TOLERANCE <= ratio <= SPACING_TOLERANCE:
+        raise InputError(
+            f"{source}: pixel spacing {spacing_mm:.3g} mm, but the model was trained at "
+            f"{trained:.3g} mm ({ratio:.2f}x). Resample the scan, train on data like it, or "
+            "pass --allow_other_spacing to denoise anyway.")
+
+
+def check_values(manifest: dict[str, Any], images: np.ndarray, source: str, allow: bool) -> None:
+    """Refuses non-finite values, and CT values that cannot be HU unless ``allow``."""
+    finite = np.isfinite(images).reshape(images.shape[0], -1).all(axis=1)
+    if not finite.all():
+        raise InputError(f"{source}: slice {int(np.argmin(finite))} holds NaN or inf values; "
+                         "repair or remove it.")
+    if manifest["modality"] == "ct" and not allow:
+        lo, hi = float(images.min()), float(images.max())
+        if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
+            raise InputError(
+                f"{source}: values span {lo:.4g} .. {hi:.4g}, outside {HU_RANGE[0]:.0f} .. "
+                f"{HU_RANGE[1]:.0f}: not HU, which the model expects. Convert to HU (stored "
+                "value x RescaleSlope + RescaleIntercept), or pass --allow_unusual_values.")
+
+
+def _output_guard(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it, or choose "
+                              "another --output.")
+
+
+def _commit(tmp: Path, output: Path) -> None:
+    """Moves the finished temporary output into place (replacing an old one)."""
+    if output.exists():
+        shutil.rmtree(output) if output.is_dir() else output.unlink()
+    tmp.rename(output)
+
+
+def _run(model: artifact.Model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
+    with tqdm(total=images[0].shape[0], unit="slice", desc="denoise") as bar:
+        return model.denoise(*images, batch_size=batch_size, progress=bar.update)
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batch_size: int = 8,
+                         allow_other_spacing: bool = False, allow_unusual_values: bool = False
+                         ) -> Path:
+    """A new DICOM series in ``output`` from the CT series in ``folder``."""
+    import pydicom  # noqa: PLC0415
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: PLC0415
+
+    from consensus_jax.ct import io as ct_io  # noqa: PLC0415
+
+    _require_single_image(model, f"{folder} (a DICOM series)")
+    if model.manifest["modality"] != "ct":
+        raise InputError(f"{folder} is a DICOM series; this model is for "
+                         f"{model.manifest['modality']} (complex images). Use a CT model.")
+    volume = ct_io.read_dicom_series(folder)
+    check_spacing(model.manifest, volume.pixel_size_mm, str(folder), allow_other_spacing)
+    check_values(model.manifest, volume.hu, str(folder), allow_unusual_values)
+    denoised = _run(model, [volume.hu], batch_size)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    tmp.chmod(0o755)
+    try:
+        series_uid = generate_uid()
+        step = model.manifest["checkpoint"]["step"]
+        for path, hu in zip(volume.files, denoised, strict=True):
+            ds = pydicom.dcmread(path, force=True)
+            slope = float(ds.get("RescaleSlope", 1.0))
+            intercept = float(ds.get("RescaleIntercept", 0.0))
+            signed = int(ds.PixelRepresentation) == 1
+            bits = int(ds.get("BitsStored", ds.BitsAllocated))
+            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+            dtype = np.dtype(f"{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}")
+            stored = np.clip(np.round((hu.astype(np.float64) - intercept) / slope), lo, hi)
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.PixelData = stored.astype(dtype).tobytes()
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.SeriesDescription = f"{ds.get('SeriesDescription', '')} denoised".strip()
+            ds.ImageType = ["DERIVED", "SECONDARY"]
+            ds.DerivationDescription = (f"Denoised by consensus-jax ({model.manifest['kind']}, "
+                                        f"step {step})")
+            target = tmp / Path(path).relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(target, enforce_file_format=True)
+        _commit(tmp, output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return output
+
+
+def denoise_nifti(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
+                  allow_other_spacing: bool = False, allow_unusual_values: bool = False) -> Path:
+    """A float32 NIfTI of the denoised axial slices (third axis), with the input's affine."""
+    try:
+        import nibabel as nib  # noqa: PLC0415
+    except ImportError:
+        raise InputError(f"{path}: reading NIfTI needs nibabel: pip install nibabel (or "
+                         "pip install -e '.[nifti]').") from None
+    _require_single_image(model, f"{path} (a NIfTI image)")
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim != 3:
+        raise InputError(f"{path}: a {data.ndim}-D image; expected one 3-D volume (x, y, "
+                         "slice).")
+    zooms = image.header.get_zooms()
+    spacing = float(zooms[0]) if abs(zooms[0] - zooms[1]) < 1e-3 * zooms[0] else None
+    slices = np.moveaxis(data, 2, 0)
+    check_spacing(model.manifest, spacing, str(path), allow_other_spacing)
+    check_values(model.manifest, slices, str(path), allow_unusual_values)
+    denoised = np.moveaxis(_run(model, [slices], batch_size), 0, 2)
+    header = image.header.copy()
+    header.set_data_dtype(np.float32)
+    out = nib.Nifti1Image(denoised.reshape(np.asarray(image.dataobj).shape).astype(np.float32),
+                          image.affine, header)
+    out.header.set_slope_inter(1.0, 0.0)
+    return _write_file(output, lambda tmp: nib.save(out, tmp))
+
+
+def denoise_numpy(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
+                  allow_unusual_values: bool = False, **_: Any) -> Path:
+    """``.npy`` stack (single-image model) or ``.npz`` with x1, x2 (pair) -> ``.npy``."""
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            missing = [k for k in model.inputs if k not in f.files]
+            if missing:
+                raise InputError(f"{path}: has arrays {f.files}; this model needs "
+                                 f"{model.inputs}.")
+            images = [np.asarray(f[k], np.float32) for k in model.inputs]
+    else:
+        images = [np.asarray(np.load(path, allow_pickle=False), np.float32)]
+    single = images[0].ndim == 2
+    images = [x[None] if single else x for x in images]
+    if any(x.ndim != 3 for x in images):
+        raise InputError(f"{path}: arrays of shape {images[0].shape}; expected [S, H, W] (or "
+                         "[H, W]).")
+    for x in images:
+        check_values(model.manifest, x, str(path), allow_unusual_values)
+    denoised = _run(model, images, batch_size)
+    denoised = denoised[0] if single else denoised
+    return _write_file(output, lambda tmp: np.save(tmp, denoised.astype(np.float32)))
+
+
+def _write_file(output: Path, save: Callable[[Path], Any]) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.partial{''.join(output.suffixes)}")
+    try:
+        save(tmp)
+        _commit(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return output
+
+
+def _require_single_image(model: artifact.Model, what: str) -> None:
+    if len(model.inputs) == 2:
+        raise InputError(
+            f"{what} has one reconstructed image per slice, but this model is a consensus pair "
+            "that needs the two half reconstructions. Distil it into one network "
+            "(train.py --config.loss.kind=distill --config.loss.teacher=<the pair's workdir> "
+            "--config.loss.beta_r=0) and use that.")
+
+
+def denoise_path(model: artifact.Model, source: str | Path, output: str | Path,
+                 overwrite: bool = False, **options: Any) -> Path:
+    """Denoises ``source`` (DICOM folder, NIfTI, .npy, .npz) into ``output``."""
+    source, output = Path(source), Path(output)
+    if not source.exists():
+        raise FileNotFoundError(f"--input {source} does not exist.")
+    if source.resolve() == output.resolve():
+        raise InputError(f"--output {output} is the input; choose another path.")
+    _output_guard(output, overwrite)
+    name = source.name.lower()
+    if source.is_dir():
+        return denoise_dicom_series(model, source, output, **options)
+    if name.endswith((".nii", ".nii.gz")):
+        return denoise_nifti(model, source, output, **options)
+    if name.endswith((".npy", ".npz")):
+        return denoise_numpy(model, source, output, **options)
+    raise InputError(f"--input {source}: unknown format; pass a DICOM series folder, a .nii / "
+                     ".nii.gz file, a .npy stack or an .npz with x1 and x2.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from absl import flags  # noqa: PLC0415
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("model", None, "An exported model folder or a training workdir.",
+                        flag_values=fv)
+    flags.DEFINE_string("input", None, "DICOM series folder, .nii/.nii.gz, .npy or .npz.",
+                        flag_values=fv)
+    flags.DEFINE_string("output", None, "Where to write the result (same kind as the input).",
+                        flag_values=fv)
+    flags.DEFINE_string("checkpoint", "best", "For a workdir: best, latest or a step.",
+                        flag_values=fv)
+    flags.DEFINE_integer("batch_size", 8, "Slices per call.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --output.", flag_values=fv)
+    flags.DEFINE_bool("allow_other_spacing", False, "Denoise although the pixel spacing is far "
+                      "from the training data's.", flag_values=fv)
+    flags.DEFINE_bool("allow_unusual_values", False, "Denoise although CT values look unlike "
+                      "HU.", flag_values=fv)
+    fv(argv or sys.argv)
+    if not (fv.model and fv.input and fv.output):
+        print("usage: python -m consensus_jax.denoise --model=MODEL --input=IN --output=OUT "
+              "[--overwrite]", file=sys.stderr)
+        return 2
+    from consensus_jax import export  # noqa: PLC0415 - the training stack, for workdirs
+
+    try:
+        _output_guard(Path(fv.output), fv.overwrite)  # before loading anything
+        checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
+        model = export.load(fv.model, checkpoint)
+        out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite,
+                           batch_size=fv.batch_size, allow_other_spacing=fv.allow_other_spacing,
+                           allow_unusual_values=fv.allow_unusual_values)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # InputError and readers' own
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    print(f"Denoised {fv.input} with {model!r} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
