@@ -198,3 +198,40 @@ def test_numpy_and_nifti_round_trips(runs, tmp_path):
     np.testing.assert_allclose(image.affine, affine, atol=1e-6)  # stored as float32
     np.testing.assert_allclose(np.asarray(image.dataobj),
                                np.moveaxis(single.denoise(stack), 0, 2), atol=1e-3)
+
+
+def test_usage_page_code_blocks_run(runs, tmp_path):
+    """Every code block of docs/usage.md except the training commands (the training tests cover
+    those), in a folder holding the files the page names."""
+    import re
+    import shutil
+
+    from conftest import ROOT
+
+    page = (ROOT / "docs/usage.md").read_text()
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", page, flags=re.S)
+    shutil.copytree(runs["noise2noise"], tmp_path / "work_dirs/ct_quick/distill")
+    _dicom_series(tmp_path / "scan_folder")
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "full_dose_hu.npy", rng.normal(0, 100, (2, 48, 48)).astype(np.float32))
+    np.save(tmp_path / "low_dose_hu.npy", rng.normal(0, 150, (2, 48, 48)).astype(np.float32))
+    ran = 0
+    for lang, code in blocks:
+        if lang == "bash":
+            code = code.replace("\\\n", " ")
+            if "train.py" in code:
+                continue
+            for line in filter(None, map(str.strip, code.splitlines())):
+                assert line.startswith("python "), line
+                cmd = [sys.executable, *line.split()[1:]]
+                result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                                        timeout=300)
+                assert result.returncode == 0, (line, result.stderr[-3000:])
+        else:
+            result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, (code, result.stderr[-3000:])
+        ran += 1
+    assert ran == 4
+    assert (tmp_path / "exported/ct_distilled/load_model.py").exists()
+    assert len(list((tmp_path / "scan_denoised").iterdir())) == 3
