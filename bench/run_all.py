@@ -35,6 +35,8 @@ BENCHES = (
      ["--config=configs/ct_quick.py", "--steps=30", "--repeats=5"]),
     ("loop", "Training loop efficiency: experiment.fit vs the isolated step", "bench.bench_loop",
      ["--sizes=tiny", "--dispatch=1,10,100", "--repeats=3"]),
+    ("denoise", "Denoising new scans: exported model size, seconds per 512 x 512 slice",
+     "bench.bench_denoise", ["--sizes=quick,paper", "--batch=4", "--repeats=3"]),
 )
 
 

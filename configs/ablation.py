@@ -43,6 +43,12 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
             "consensus 2x patients": {"data.config": "quick_train2x"},
             "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
         },
+        # One network distilled from a trained pair (the teacher: make demo's consensus run on
+        # CT, make ablation-mri's seed-0 consensus run on MRI).
+        "distill_ct": {"distilled": {"loss.kind": "distill", "loss.beta_r": 0.0,
+                                     "loss.teacher": "work_dirs/ct_quick/consensus"}},
+        "distill_mri": {"distilled": {"loss.kind": "distill", "loss.beta_r": 0.0,
+                                      "loss.teacher": "work_dirs/mri_methods/consensus/seed0"}},
         "beta_r": {f"consensus beta_r={b}": {"loss.beta_r": b} for b in (0.0, 0.1, 0.5, 2.0)},
         "beta_w": {f"consensus beta_w={b}": {"loss.beta_w": b, "loss.beta_r": 0.0}
                    for b in (0.0, 5e-6, 5e-5, 5e-4)},
