@@ -12,7 +12,13 @@ Inputs, by what ``--input`` is:
   written as float32 with the input's affine;
 * ``.npy``: a stack [S, H, W] (or one slice [H, W]) in the model's units (CT: HU), written as
   ``.npy``;
-* ``.npz`` with arrays ``x1`` and ``x2``: the two half reconstructions a consensus pair needs.
+* ``.npz`` with arrays ``x1`` and ``x2``: the two half reconstructions a consensus pair needs;
+* ``.h5``, a fastMRI multi-coil file of fully sampled k-space (MRI models): every slice is
+  undersampled, split and reconstructed exactly as the training data was (the manifest's
+  acceleration, centre lines and SENSE settings; ``--seed`` picks the masks), so the consensus
+  pair runs on its own inputs; a distilled model gets the SENSE image. The output ``.h5`` holds
+  ``denoised`` (complex64 [S, H, W], k-space units), ``denoised_magnitude``, the masks used and
+  the input's ``ismrmrd_header`` and attributes.
 
 A model trained as the consensus pair needs the two halves of each slice; a reconstructed scan
 has one image, so distil the pair first (``loss.kind=distill``). The output is written under a
@@ -100,8 +106,8 @@ def _run(model: artifact.Model, images: list[np.ndarray], batch_size: int) -> np
 # --- formats -----------------------------------------------------------------------------------
 
 def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batch_size: int = 8,
-                         allow_other_spacing: bool = False, allow_unusual_values: bool = False
-                         ) -> Path:
+                         allow_other_spacing: bool = False, allow_unusual_values: bool = False,
+                         **_: Any) -> Path:
     """A new DICOM series in ``output`` from the CT series in ``folder``."""
     import pydicom  # noqa: PLC0415
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: PLC0415
@@ -152,7 +158,8 @@ def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batc
 
 
 def denoise_nifti(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
-                  allow_other_spacing: bool = False, allow_unusual_values: bool = False) -> Path:
+                  allow_other_spacing: bool = False, allow_unusual_values: bool = False,
+                  **_: Any) -> Path:
     """A float32 NIfTI of the denoised axial slices (third axis), with the input's affine."""
     try:
         import nibabel as nib  # noqa: PLC0415
@@ -205,6 +212,62 @@ def denoise_numpy(model: artifact.Model, path: Path, output: Path, batch_size: i
     return _write_file(output, lambda tmp: np.save(tmp, denoised.astype(np.float32)))
 
 
+def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
+                    seed: int = 0, **_: Any) -> Path:
+    """fastMRI multi-coil k-space -> an ``.h5`` with the denoised complex images."""
+    import h5py  # noqa: PLC0415
+    import jax  # noqa: PLC0415
+
+    from consensus_jax.mri import fastmri, pipeline  # noqa: PLC0415
+    from consensus_jax.mri.masks import Undersampling  # noqa: PLC0415
+
+    manifest = model.manifest
+    if manifest["modality"] != "mri":
+        raise InputError(f"{path} is MRI k-space; this model is for {manifest['modality']}.")
+    trained = manifest.get("trained_for", {})
+    missing = [k for k in ("acceleration", "num_center_lines") if k not in trained]
+    if missing:
+        raise InputError(f"{path}: the model's manifest does not record how its training data "
+                         f"was undersampled ({', '.join(missing)} missing); export it from a run "
+                         "on a prepared MRI dataset.")
+    recon = pipeline.ConsensusMRIConfig(
+        undersampling=Undersampling(float(trained["acceleration"]),
+                                    int(trained["num_center_lines"]),
+                                    trained.get("mask_convention", "outer")),
+        sense_lambda=float(trained.get("sense_lambda", 1e-2)),
+        sense_iterations=int(trained.get("sense_iterations", 30)))
+    _, num_slices, _ = fastmri.read_fastmri_header(path)
+    key = jax.random.PRNGKey(seed)
+    denoised, masks = [], []
+    with tqdm(total=num_slices, unit="slice", desc="denoise") as bar:
+        for s in fastmri.read_fastmri_slices(path):  # one slice in memory at a time
+            inputs = pipeline.consensus_inputs(np.asarray(s.kspace),
+                                               jax.random.fold_in(key, s.index), recon,
+                                               acquired=s.acquired)
+            images = [np.asarray(inputs[k])[None] for k in model.inputs]
+            for name, x in zip(model.inputs, images, strict=True):
+                check_values(manifest, x, f"{path} slice {s.index} ({name})", True)
+            z = model.denoise(*images, batch_size=batch_size)[0]
+            denoised.append((z[..., 0] + 1j * z[..., 1]) * float(inputs["scale"]))
+            masks.append(np.asarray(inputs["mask"]))
+            bar.update(1)
+    z = np.stack(denoised).astype(np.complex64)
+
+    def save(tmp: Path) -> None:
+        with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+            dst.create_dataset("denoised", data=z)
+            dst.create_dataset("denoised_magnitude", data=np.abs(z).astype(np.float32))
+            dst.create_dataset("mask", data=np.stack(masks))
+            if "ismrmrd_header" in src:
+                dst["ismrmrd_header"] = src["ismrmrd_header"][()]
+            for k, v in src.attrs.items():
+                dst.attrs[k] = v
+            dst.attrs["denoised_by"] = (f"consensus-jax {manifest['kind']}, step "
+                                        f"{manifest['checkpoint']['step']}, seed {seed}")
+
+    return _write_file(output, save)
+
+
 def _write_file(output: Path, save: Callable[[Path], Any]) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.partial{''.join(output.suffixes)}")
@@ -242,8 +305,10 @@ def denoise_path(model: artifact.Model, source: str | Path, output: str | Path,
         return denoise_nifti(model, source, output, **options)
     if name.endswith((".npy", ".npz")):
         return denoise_numpy(model, source, output, **options)
+    if name.endswith((".h5", ".hdf5")):
+        return denoise_fastmri(model, source, output, **options)
     raise InputError(f"--input {source}: unknown format; pass a DICOM series folder, a .nii / "
-                     ".nii.gz file, a .npy stack or an .npz with x1 and x2.")
+                     ".nii.gz file, a .npy stack, an .npz with x1 and x2, or a fastMRI .h5.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                         flag_values=fv)
     flags.DEFINE_integer("batch_size", 8, "Slices per call.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace an existing --output.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "fastMRI input: seed of the undersampling masks and splits.",
+                         flag_values=fv)
     flags.DEFINE_bool("allow_other_spacing", False, "Denoise although the pixel spacing is far "
                       "from the training data's.", flag_values=fv)
     flags.DEFINE_bool("allow_unusual_values", False, "Denoise although CT values look unlike "
@@ -277,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         model = export.load(fv.model, checkpoint)
         out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite,
                            batch_size=fv.batch_size, allow_other_spacing=fv.allow_other_spacing,
-                           allow_unusual_values=fv.allow_unusual_values)
+                           allow_unusual_values=fv.allow_unusual_values, seed=fv.seed)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # InputError and readers' own
         print(f"Error: {e}", file=sys.stderr)
         return 1

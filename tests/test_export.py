@@ -235,3 +235,46 @@ def test_usage_page_code_blocks_run(runs, tmp_path):
     assert ran == 4
     assert (tmp_path / "exported/ct_distilled/load_model.py").exists()
     assert len(list((tmp_path / "scan_denoised").iterdir())) == 3
+
+
+def test_fastmri_round_trip_runs_the_pair_on_its_own_split(tmp_path):
+    import h5py
+    from test_mri_fastmri import KY, RECON, SLICES, _write
+
+    from configs import mri_tiny
+    from consensus_jax import denoise
+
+    config = mri_tiny.get_config()
+    config.data.name = "synthetic"
+    config.train.num_steps = 2
+    config.train.eval_every_steps = 0
+    config.train.tensorboard = config.train.progress = False
+    experiment.fit(config, tmp_path / "run")
+    model = cj_export.load(tmp_path / "run", "latest")
+    assert model.inputs == ["x1", "x2"]
+    source = _write(tmp_path / "scan.h5")
+    with pytest.raises(denoise.InputError, match="does not record how its training data"):
+        denoise.denoise_path(model, source, tmp_path / "out.h5")
+    model.manifest["trained_for"] = {"acceleration": 2.0, "num_center_lines": 4}
+    out = denoise.denoise_path(model, source, tmp_path / "out.h5", seed=3)
+    with h5py.File(out) as f, h5py.File(source) as src:
+        z = f["denoised"][()]
+        assert z.shape == (SLICES, RECON, KY) and z.dtype == np.complex64
+        np.testing.assert_allclose(f["denoised_magnitude"][()], np.abs(z), rtol=1e-6)
+        assert f["ismrmrd_header"][()] == src["ismrmrd_header"][()]
+        masks = f["mask"][()]
+    # The pair's own inputs, made as in training, through train_lib.denoise.
+    from consensus_jax.mri import fastmri, pipeline
+    from consensus_jax.mri.masks import Undersampling
+
+    recon = pipeline.ConsensusMRIConfig(undersampling=Undersampling(2.0, 4))
+    s = next(iter(fastmri.read_fastmri_slices(source, [1])))
+    import jax
+
+    inputs = pipeline.consensus_inputs(s.kspace, jax.random.fold_in(jax.random.PRNGKey(3), 1),
+                                       recon, acquired=s.acquired)
+    np.testing.assert_array_equal(masks[1], np.asarray(inputs["mask"]))
+    method, params, _, _ = evaluation.load_run(tmp_path / "run", "latest")
+    y = np.asarray(train_lib.denoise(method, params, inputs["x1"][None], inputs["x2"][None]))[0]
+    expected = (y[..., 0] + 1j * y[..., 1]) * float(inputs["scale"])
+    np.testing.assert_allclose(z[1], expected, atol=1e-5 * np.abs(expected).max())
