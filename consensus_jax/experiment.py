@@ -232,7 +232,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     method = train_lib.Method.from_config(config)
     tcfg = config.train
     pid, nproc = jax.process_index(), jax.process_count()
-    wd.check_workdir_config(workdir, config, allow_config_change, write=pid == 0)
+    # Checked now, stored only once the run has started (below): a run that fails to start
+    # (a bad value, a shape that does not fit the checkpoint) leaves the workdir as it was.
+    config_changed = wd.check_workdir_config(workdir, config, allow_config_change, write=False)
     mesh = train_lib.make_mesh()
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -274,6 +276,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
             print(f"{workdir}: {why}; nothing to do.")
         mngr.close()
         return state, method
+    if config_changed and pid == 0:
+        wd.store_config(workdir, config)
     who = f" (process {pid} of {nproc})" if nproc > 1 else ""
     if start:
         tqdm.write(f"{workdir}: resuming from step {start}{who}.")

@@ -110,10 +110,13 @@ def _read_stored(path: Path) -> dict[str, Any]:
 
 
 def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
-                         allow_config_change: bool, write: bool = True) -> None:
-    """Stores the config as JSON in a new workdir; refuses a different one in a used workdir.
+                         allow_config_change: bool, write: bool = True) -> bool:
+    """Refuses a config that differs from the one stored in a used workdir (unless
+    ``allow_config_change``); returns whether config.json needs (re)writing.
 
-    ``write=False`` only checks (the processes of a multi-process run other than process 0).
+    ``write=True`` also stores it now. ``experiment.fit`` passes False and calls ``store_config``
+    only once the run has restored or initialised and has steps left to train, so that a run
+    that fails to start, or a finished run, keeps the config it was trained with.
     """
     path = workdir / "config.json"
     current = flatten_config(config)
@@ -128,11 +131,17 @@ def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
                 "or pass --allow_config_change to continue this run with the new values."
             )
         if not diff:
-            return
-    if not write:
-        return
+            return False
+    if write:
+        store_config(workdir, config)
+    return True
+
+
+def store_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Writes ``config`` as the run's config.json (atomically)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(current, indent=2, sort_keys=True))
+    atomic_write(workdir / "config.json", json.dumps(flatten_config(config), indent=2,
+                                                     sort_keys=True))
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:

@@ -140,6 +140,31 @@ def test_workdir_with_other_config_is_refused(reference_run):
     experiment.fit(_config(train__log_every_steps=5), reference_run)
 
 
+def test_a_change_that_fails_or_trains_nothing_leaves_the_stored_config(reference_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    stored = (run / "config.json").read_bytes()
+    # Other shapes than the checkpoint's: the restore fails, and the run keeps its config.
+    with pytest.raises(ValueError):
+        experiment.fit(_config(model__base_features=16), run, allow_config_change=True)
+    assert (run / "config.json").read_bytes() == stored
+    # A finished run is not relabelled with settings it was never trained with.
+    experiment.fit(_config(loss__beta_r=0.0), run, allow_config_change=True)
+    assert (run / "config.json").read_bytes() == stored
+    # Training further stores the new config.
+    experiment.fit(_config(train__num_steps=13), run, allow_config_change=True)
+    assert json.loads((run / "config.json").read_text())["train.num_steps"] == 13
+
+
+def test_a_run_that_fails_to_start_does_not_lock_its_workdir(tmp_path):
+    with pytest.raises(ValueError, match="num_steps"):
+        experiment.fit(_config(train__num_steps=-5, train__num_epochs=0), tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    experiment.fit(_config(train__num_steps=2), tmp_path)  # the corrected command runs
+
+
 def test_nan_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
     experiment.fit(_config(train__num_steps=6), tmp_path)
     config = _config(optim__learning_rate=1e12, train__num_steps=40)
