@@ -214,6 +214,35 @@ def steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
     return k or DEFAULT_STEPS_PER_DISPATCH.get(jax.default_backend(), 100)
 
 
+#: (key, lowest allowed value, what it is) of the numeric settings ``check_config`` bounds.
+_BOUNDS = (
+    ("train.batch_size", 1, "patches per step"), ("train.patch_size_px", 1, "patch side"),
+    ("train.patches_per_slice", 1, "patches cut from each slice per epoch"),
+    ("train.num_steps", 0, "steps (0: from num_epochs)"), ("train.num_epochs", 0, "epochs"),
+    ("train.log_every_steps", 1, "steps between log lines"),
+    ("train.checkpoint_every_steps", 1, "steps between checkpoints"),
+    ("train.keep_checkpoints", 1, "checkpoints kept"),
+    ("train.eval_every_steps", 0, "steps between validations (0: none)"),
+    ("eval.batch_size", 1, "slices per evaluation batch"),
+)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the key, its value and the allowed range, before anything is
+    written (the loss settings are checked by ``train_lib.Method``)."""
+    lr = config.optim.learning_rate
+    if not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0):
+        raise ValueError(f"optim.learning_rate={lr!r}: must be a positive number (the paper: "
+                         "1e-4; the quick configs: 1e-3).")
+    for key, lowest, what in _BOUNDS:
+        group, name = key.split(".")
+        value = config[group].get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ValueError(f"{key}={value!r}: must be an integer >= {lowest} ({what}).")
+
+
 def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.train.num_steps > 0:
         return int(config.train.num_steps)
@@ -229,6 +258,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     A finished run (latest checkpoint at the final step) is returned as is, never retrained.
     """
     workdir = Path(workdir)
+    check_config(config)
     method = train_lib.Method.from_config(config)
     tcfg = config.train
     pid, nproc = jax.process_index(), jax.process_count()
@@ -251,7 +281,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     if teacher is not None:
         images = teacher.add_outputs(images, keep=method.input_keys())
     images = {k: v for k, v in images.items() if k not in ("patient_id", "slice_index")}
-    num_slices = next(iter(images.values())).shape[0]
+    num_slices, height, width = next(iter(images.values())).shape[:3]
+    if tcfg.patch_size_px > min(height, width):
+        raise ValueError(f"train.patch_size_px={tcfg.patch_size_px} is larger than the training "
+                         f"images ({height} x {width}); lower it.")
     steps_per_epoch = (num_slices * tcfg.patches_per_slice) // tcfg.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{num_slices} slices x {tcfg.patches_per_slice} patches per slice is "
@@ -352,7 +385,12 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
         if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
                 or done == total_steps or validate:
             host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            train_lib.check_finite(host, done)
+            try:
+                train_lib.check_finite(host, done, mngr.latest_step())
+            except FloatingPointError:
+                mngr.wait_until_finished()  # no half-written checkpoint left behind
+                mngr.close()
+                raise
             now = time.perf_counter()
             rate = (done - s_last) * tcfg.batch_size / max(now - t_last, 1e-9)
             t_last, s_last = now, done

@@ -405,11 +405,14 @@ def make_mesh(local: bool = False) -> Mesh:
     return Mesh(np.asarray(jax.local_devices() if local else jax.devices()), ("data",))
 
 
-def check_finite(metrics: Mapping[str, Any], step: int) -> None:
-    """Raises FloatingPointError naming the first non-finite loss term (host-side check)."""
+def check_finite(metrics: Mapping[str, Any], step: int, last_checkpoint: int | None = None
+                 ) -> None:
+    """Raises FloatingPointError naming the first non-finite loss term (host-side check) and
+    the checkpoint that is kept (``last_checkpoint``: its step, None when there is none)."""
     for name, value in metrics.items():
         if not jnp.isfinite(value):
+            kept = (f"the checkpoint of step {last_checkpoint} is kept and a rerun resumes from "
+                    "it" if last_checkpoint else "no checkpoint had been saved yet")
             raise FloatingPointError(
                 f"Loss term {name!r} is {float(value)} at step {step}. Lower optim.learning_rate "
-                "or check the input data for NaN/inf; the last good checkpoint is kept."
-            )
+                f"or check the input data for NaN/inf; {kept}.")

@@ -158,6 +158,19 @@ def test_a_change_that_fails_or_trains_nothing_leaves_the_stored_config(referenc
     assert json.loads((run / "config.json").read_text())["train.num_steps"] == 13
 
 
+@pytest.mark.parametrize("key, value, match", [
+    ("optim__learning_rate", -0.003, "optim.learning_rate=-0.003: must be a positive"),
+    ("optim__learning_rate", 0.0, "optim.learning_rate=0.0: must be a positive"),
+    ("train__batch_size", 0, r"train.batch_size=0: must be an integer >= 1"),
+    ("train__patch_size_px", 512, "larger than the training images"),
+    ("train__keep_checkpoints", 0, "train.keep_checkpoints=0"),
+])
+def test_nonsense_settings_are_refused_before_anything_is_written(key, value, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        experiment.fit(_config(**{key: value}), tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_a_run_that_fails_to_start_does_not_lock_its_workdir(tmp_path):
     with pytest.raises(ValueError, match="num_steps"):
         experiment.fit(_config(train__num_steps=-5, train__num_epochs=0), tmp_path)
@@ -168,10 +181,12 @@ def test_a_run_that_fails_to_start_does_not_lock_its_workdir(tmp_path):
 def test_nan_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
     experiment.fit(_config(train__num_steps=6), tmp_path)
     config = _config(optim__learning_rate=1e12, train__num_steps=40)
-    with pytest.raises(FloatingPointError, match="is (nan|inf) at step"):
+    with pytest.raises(FloatingPointError, match="is (nan|inf) at step") as err:
         experiment.fit(config, tmp_path, allow_config_change=True)
     params, step = _params(tmp_path)
     assert 6 <= step < 40
+    assert f"the checkpoint of step {step} is kept" in str(err.value)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
 
 
