@@ -98,6 +98,17 @@ def test_reads_patients_sorted_by_position_with_exact_hu(two_patients):
     assert vols["patB"].pixel_size_mm == pytest.approx(0.8)
 
 
+def test_file_without_preamble_is_read_and_non_dicom_files_are_listed(tmp_path):
+    hu = np.arange(3 * 4 * 4, dtype=np.float32).reshape(3, 4, 4)
+    write_series(tmp_path / "p", hu, [0.0, 1.0, 2.0], 1.0, 0.0, ["a", "b", "c"], [1, 2, 3])
+    bare = tmp_path / "p" / "b"
+    bare.write_bytes(bare.read_bytes()[132:])  # no 128-byte preamble and no "DICM" marker
+    (tmp_path / "p" / "notes.txt").write_text("not a DICOM file")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) are not DICOM and were skipped: notes.txt"):
+        vol = io.read_dicom_series(tmp_path / "p")
+    np.testing.assert_array_equal(vol.hu, hu)
+
+
 def test_falls_back_to_instance_number(tmp_path):
     hu = np.arange(3 * 4 * 4, dtype=np.float32).reshape(3, 4, 4)
     write_series(tmp_path / "p", hu[[2, 0, 1]], [0.0, 0.0, 0.0], 1.0, 0.0, ["a", "b", "c"],

@@ -119,18 +119,36 @@ def read_dicom_series(folder: str | Path, *,
     return _read_series(folder, missing_rescale)
 
 
+def _read_dicom(path: Path) -> pydicom.Dataset:
+    """A DICOM file, also one written without the 128-byte preamble and "DICM" marker (which
+    pydicom reads only when forced); anything else raises InvalidDicomError."""
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, force=True)
+        if "SOPClassUID" not in ds and "PixelData" not in ds:
+            raise
+        return ds
+
+
 def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
         part.startswith(".") for part in p.relative_to(folder).parts))
-    found = []
+    found, skipped = [], []
     for path in files:
         try:
-            ds = pydicom.dcmread(path)
+            ds = _read_dicom(path)
         except (InvalidDicomError, EOFError, OSError):
+            skipped.append(path.name)
             continue
         if str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP_CLASS or path.name == "DICOMDIR":
             continue
         found.append((path, ds))
+    if skipped and found:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5
+                                          else "")
+        warnings.warn(f"{folder}: {len(skipped)} file(s) are not DICOM and were skipped: "
+                      f"{shown}.", stacklevel=4)
     if not found:
         raise FileNotFoundError(
             f"No DICOM files in patient folder {folder} ({len(files)} files, none readable as "
