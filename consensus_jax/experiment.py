@@ -298,9 +298,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     state = jax.device_put(train_lib.create_train_state(method, optimizer, k_init), replicated)
 
     mngr = wd.checkpoint_manager(workdir, tcfg.keep_checkpoints)
-    start = mngr.latest_step() or 0
-    if start:
-        state = wd.restore_state(workdir / wd.CHECKPOINTS, start, state)
+    start = 0
+    if mngr.all_steps():
+        state, start = wd.restore_latest_intact(workdir / wd.CHECKPOINTS, mngr.all_steps(),
+                                                state)
+        mngr.reload()  # a damaged step moved aside is no longer listed
     stopped = workdir / EARLY_STOP_FILE
     if start >= total_steps or stopped.exists():
         why = f"stopped early at step {start}" if stopped.exists() else \

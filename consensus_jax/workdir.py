@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -221,6 +222,35 @@ def restore_state(directory: Path, step: int, target: Any) -> Any:
     finally:
         mngr.close()
     return state
+
+
+def restore_latest_intact(directory: Path, steps: list[int], target: Any) -> tuple[Any, int]:
+    """(state, step) of the newest checkpoint in ``directory`` that restores into ``target``.
+
+    A newer one that fails while an older one restores is damaged (a truncated file, a disk
+    that filled up): it is renamed ``<step>.unreadable`` (kept for inspection, ignored from then
+    on) with a warning, and training resumes from the older one. When none restores, the config
+    does not fit the run (e.g. other layer sizes): ValueError with the first error.
+    """
+    failed: list[tuple[int, Exception]] = []
+    for step in sorted(steps, reverse=True):
+        try:
+            state = restore_state(directory, step, target)
+        except Exception as e:  # noqa: BLE001 - damage shows up as many exception types
+            failed.append((step, e))
+            continue
+        for bad, err in failed:
+            aside = directory / f"{bad}.unreadable"
+            os.replace(directory / str(bad), aside)
+            warnings.warn(f"Checkpoint {directory / str(bad)} could not be restored "
+                          f"({type(err).__name__}: {str(err)[:200]}); it was moved to {aside} "
+                          f"and the run resumes from step {step}.", stacklevel=2)
+        return state, step
+    step, err = failed[0]
+    raise ValueError(f"No checkpoint in {directory} (steps {sorted(steps)}) restores into this "
+                     f"run's state; the newest (step {step}) fails with {type(err).__name__}: "
+                     f"{str(err)[:500]}. If the config changed the model's shapes, use a new "
+                     "--workdir.") from err
 
 
 def restore_params(directory: Path, step: int, params_shapes: Any, sharding: Any,

@@ -76,6 +76,24 @@ def test_resume_after_crash_matches_uninterrupted(reference_run, tmp_path):
     _assert_same_params(best, ref_best, atol=1e-6)
 
 
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
+    crashed = _train_cli(tmp_path, env={experiment.CRASH_AFTER_STEP: "10"})
+    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    ckpt = tmp_path / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert len(steps) == 2  # keep_checkpoints=2: 6 and 9 (or 3 and 6 if a save was in flight)
+    newest = ckpt / str(steps[-1]) / "params"
+    for f in [f for f in newest.rglob("*") if f.is_file() and f.stat().st_size > 0]:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated, as by a full disk
+    with pytest.warns(UserWarning, match=f"resumes from step {steps[0]}"):
+        experiment.fit(_config(), tmp_path)
+    assert (ckpt / f"{steps[-1]}.unreadable").is_dir()  # kept for inspection
+    params, step = _params(tmp_path)
+    ref, _ = _params(reference_run)
+    assert step == 12
+    _assert_same_params(params, ref, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def multi_step_run(tmp_path_factory):
     """The reference run with 5 training steps per dispatch (the fused multi-step function)."""
