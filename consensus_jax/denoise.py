@@ -137,7 +137,8 @@ def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batc
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
             dtype = np.dtype(f"{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}")
             stored = np.clip(np.round((hu.astype(np.float64) - intercept) / slope), lo, hi)
-            if ds.file_meta.TransferSyntaxUID.is_compressed:
+            syntax = ds.file_meta.get("TransferSyntaxUID")
+            if syntax is None or syntax.is_compressed:  # written back uncompressed
                 ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.PixelData = stored.astype(dtype).tobytes()
             ds.SeriesInstanceUID = series_uid
