@@ -229,6 +229,7 @@ def test_numpy_round_trips(tmp_path):
     (np.where(np.eye(4) > 0, np.nan, -1000.0), ["non-finite", "NaN"]),
     (np.full((4, 4), 0.02), ["does not look like HU", "HU = 1000"]),
     (np.linspace(0.0, 1.0, 16).reshape(4, 4), ["does not look like HU"]),
+    (np.linspace(-1000.0, 1000.0, 16).reshape(4, 4) * 1e30, ["does not look like HU"]),
 ])
 def test_numpy_errors(tmp_path, array, words):
     path = tmp_path / "bad.npy"

@@ -117,6 +117,15 @@ def test_bad_files_raise_clear_errors(tmp_path, name, kwargs, match):
         read_fastmri_slices(path)
 
 
+@pytest.mark.parametrize("damage, words", [("nan", "NaN/inf values"), ("zero", "all zeros")])
+def test_damaged_slices_are_refused_by_name(tmp_path, damage, words):
+    k = _kspace()
+    k[1] = np.nan if damage == "nan" else 0
+    path = _write(tmp_path / "f.h5", kspace=k)
+    with pytest.raises(ValueError, match=f"slice 1 k-space .*{words}"):
+        list(read_fastmri_slices(path))
+
+
 def test_bad_slice_index_and_header_text(tmp_path):
     path = _write(tmp_path / "file.h5")
     with pytest.raises(ValueError, match=r"slice indices \[3\]"):

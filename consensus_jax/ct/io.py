@@ -390,7 +390,9 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
                          f"[slice, row, col] = {first}); replace NaN/inf (e.g. by -1000 HU "
                          "outside the body) before reading.")
     lo, hi = float(images.min()), float(images.max())
-    if check_hu and (hi < 10.0 or lo > -500.0):
+    # Scanners store -1024 .. 3071 HU (extended scales up to about 30,000 for metal) and pad
+    # outside the field of view with at most -3024; anything beyond is another unit.
+    if check_hu and (hi < 10.0 or lo > -500.0 or lo < -3100.0 or hi > 31000.0):
         raise ValueError(
             f"{path}: values span [{lo:.4g}, {hi:.4g}], which does not look like HU (air -1000, "
             "water 0, soft tissue: 20-80, bone > 300). Linear attenuation or normalised images "

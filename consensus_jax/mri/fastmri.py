@@ -227,6 +227,13 @@ def read_fastmri_slices(path: str | os.PathLike, slices: Sequence[int] | None = 
         with _open(path) as f:
             for i in indices:
                 kspace = np.asarray(f["kspace"][i]).astype(np.complex64)
+                if not np.isfinite(kspace).all():
+                    raise ValueError(f"{path!r}: slice {i} k-space holds "
+                                     f"{int((~np.isfinite(kspace)).sum())} NaN/inf values; the "
+                                     "file is damaged. Remove the slice (or the file) and rerun.")
+                if not np.any(kspace):
+                    raise ValueError(f"{path!r}: slice {i} k-space is all zeros (an empty "
+                                     "acquisition); remove the slice (or the file) and rerun.")
                 if crop:
                     kspace = np.asarray(crop_fn(jnp.asarray(kspace), header.recon_matrix[0]))
                 yield FastMRISlice(kspace=kspace, index=i, acquired=header.acquired_columns,
