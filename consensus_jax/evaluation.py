@@ -14,19 +14,22 @@ import csv
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from consensus_jax import input_pipeline, metrics, train_lib
 from consensus_jax import workdir as wd
+from consensus_jax.runs import (  # noqa: F401 - part of evaluation's interface
+    learned_columns,
+    load_params,
+    load_run,
+    predict,
+    resolve_checkpoint,
+)
 
 #: Column order of the paper's tables, by modality (baselines first, then the learned methods).
 METHOD_ORDER = {
@@ -51,35 +54,6 @@ class Result:
     method: str
     reference: str
     values: dict[str, np.ndarray]  # metric name -> [S]
-
-
-def learned_columns(kind: str) -> tuple[str, ...]:
-    """Table columns a trained run of ``loss.kind`` fills."""
-    return {"consensus": ("Proposed",), "noise2noise": ("Noise2noise", "Noise2noise (both halves)"),
-            "noise2clean": ("Noise2clean",), "distill": ("Proposed (distilled)",)}[kind]
-
-
-def predict(method: train_lib.Method, params: Any, images: Mapping[str, np.ndarray],
-            batch_size: int = 4) -> dict[str, np.ndarray]:
-    """Denoised whole test slices [S, H, W, C] for each table column the method fills."""
-    fn = jax.jit(partial(train_lib.denoise, method), static_argnames=("average_halves",))
-    num = images["x1"].shape[0]
-    outputs: dict[str, list[np.ndarray]] = {}
-    for start in range(0, num, batch_size):
-        sl = slice(start, start + batch_size)
-        if method.kind in ("noise2clean", "distill"):
-            (column,) = learned_columns(method.kind)
-            outs = {column: fn(params, jnp.asarray(images[method.image_input][sl]))}
-        elif method.kind == "noise2noise":
-            x1, x2 = jnp.asarray(images["x1"][sl]), jnp.asarray(images["x2"][sl])
-            outs = {"Noise2noise": fn(params, x1),
-                    "Noise2noise (both halves)": fn(params, x1, x2, average_halves=True)}
-        else:
-            outs = {"Proposed": fn(params, jnp.asarray(images["x1"][sl]),
-                                   jnp.asarray(images["x2"][sl]))}
-        for k, v in outs.items():
-            outputs.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
 def score(modality: str, outputs: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray],
@@ -151,66 +125,6 @@ def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], heade
         writer.writerows(rows)
     wd.atomic_write(paths["json"], json.dumps(payload, indent=1), keep=True)
     return paths
-
-
-def resolve_checkpoint(workdir: str | Path, checkpoint: str | int = "best"
-                       ) -> tuple[Path, int, str]:
-    """(checkpoint folder, step, how it was chosen) of a run.
-
-    ``checkpoint``: "best" (lowest validation loss; the latest step when the run has no
-    validation checkpoint, e.g. one trained before validation existed), "latest", or a step.
-    """
-    workdir = Path(workdir)
-    latest = wd.checkpoint_manager(workdir, keep=1_000_000)
-    steps = latest.all_steps()
-    latest.close()
-    if checkpoint == "best" and (workdir / wd.BEST).is_dir():
-        best = wd.best_manager(workdir)
-        step = best.best_step()
-        best.close()
-        if step is not None:
-            return workdir / wd.BEST, int(step), "best validation loss"
-    if not steps:
-        raise FileNotFoundError(f"No checkpoint in {workdir / wd.CHECKPOINTS}: train it first "
-                                f"(`python train.py --workdir={workdir} ...`).")
-    if checkpoint in ("best", "latest"):
-        why = "latest" if checkpoint == "latest" else "latest; the run has no validation checkpoint"
-        return workdir / wd.CHECKPOINTS, max(steps), why
-    try:
-        step = int(checkpoint)
-    except ValueError:
-        raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got "
-                         f"{checkpoint!r}.") from None
-    if step not in steps:
-        raise ValueError(f"{workdir / wd.CHECKPOINTS} has no checkpoint of step {step}; it has "
-                         f"{sorted(steps)}.")
-    return workdir / wd.CHECKPOINTS, step, "requested"
-
-
-def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collections.ConfigDict,
-                checkpoint: str | int = "best") -> tuple[Any, int, str]:
-    """The parameters of one of a run's checkpoints (``resolve_checkpoint``), its step and how
-    it was chosen, replicated over this machine's devices whatever the topology the run was saved
-    from."""
-    directory, step, why = resolve_checkpoint(workdir, checkpoint)
-    params = jax.eval_shape(lambda: train_lib.init_network_params(method, jax.random.PRNGKey(0)))
-
-    def opt_state_shapes():
-        optimizer = train_lib.make_optimizer(1.0, config.optim.schedule, total_steps=1)
-        return jax.eval_shape(optimizer.init, params)
-
-    replicated = NamedSharding(train_lib.make_mesh(local=True), P())
-    return wd.restore_params(directory, step, params, replicated, opt_state_shapes), step, why
-
-
-def load_run(workdir: str | Path, checkpoint: str | int = "best"
-             ) -> tuple[train_lib.Method, Any, int, ml_collections.ConfigDict]:
-    """(method, params, step, config) of a finished or partial training run; ``checkpoint``:
-    "best" (default), "latest" or a step (``resolve_checkpoint``)."""
-    config = wd.load_config(workdir)
-    method = train_lib.Method.from_config(config)
-    params, step, _ = load_params(workdir, method, config, checkpoint)
-    return method, params, step, config
 
 
 def evaluate_on_test(config: ml_collections.ConfigDict, method: train_lib.Method, params: Any,

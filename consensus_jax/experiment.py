@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from consensus_jax import evaluation, input_pipeline, metrics, train_lib
+from consensus_jax import input_pipeline, metrics, runs, train_lib
 from consensus_jax import workdir as wd
 
 #: Environment variable for the tests of exact resume: the process exits (code 3, no cleanup)
@@ -81,7 +81,7 @@ class _Teacher:
     def __init__(self, method: train_lib.Method, config: ml_collections.ConfigDict):
         where = f"loss.teacher={method.teacher}"
         try:
-            t_method, self.params, self.step, t_config = evaluation.load_run(method.teacher)
+            t_method, self.params, self.step, t_config = runs.load_run(method.teacher)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{where}: {e}") from None
         if t_method.kind != "consensus":
@@ -102,7 +102,7 @@ class _Teacher:
                     ) -> dict[str, np.ndarray]:
         """``images`` with the teacher's output on every whole slice; ``keep``: the keys to keep
         besides it (and the slice labels)."""
-        (z,) = evaluation.predict(self.method, self.params, images, self.batch_size).values()
+        (z,) = runs.predict(self.method, self.params, images, self.batch_size).values()
         out = {k: v for k, v in images.items()
                if keep is None or k in keep or k in ("patient_id", "slice_index")}
         out[train_lib.TEACHER_KEY] = z
