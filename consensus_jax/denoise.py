@@ -332,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
                       "from the training data's.", flag_values=fv)
     flags.DEFINE_bool("allow_unusual_values", False, "Denoise although CT values look unlike "
                       "HU.", flag_values=fv)
-    fv(argv or sys.argv)
+    try:
+        fv(argv or sys.argv)
+    except flags.Error as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
     if not (fv.model and fv.input and fv.output):
         print("usage: python -m consensus_jax.denoise --model=MODEL --input=IN --output=OUT "
               "[--overwrite]", file=sys.stderr)

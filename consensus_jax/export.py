@@ -28,7 +28,7 @@ import numpy as np
 from jax import export
 
 import consensus_jax
-from consensus_jax import artifact, evaluation, input_pipeline, train_lib
+from consensus_jax import artifact, input_pipeline, runs, train_lib
 
 #: Platforms the function is lowered for (one artifact runs on either).
 PLATFORMS = ("cpu", "cuda")
@@ -43,7 +43,7 @@ _METADATA_KEYS = ("source", "units", "geometry", "photons_per_ray_full_dose", "d
 def build(workdir: str | Path, checkpoint: str | int = "best"
           ) -> tuple[export.Exported, list[np.ndarray], dict[str, Any]]:
     """(exported function, its parameters, manifest) of a run's checkpoint."""
-    method, params, step, config = evaluation.load_run(workdir, checkpoint)
+    method, params, step, config = runs.load_run(workdir, checkpoint)
     leaves, treedef = jax.tree.flatten(params)
     pair = method.kind == "consensus"
     channels = int(method.model.in_channels)
@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_string("checkpoint", "best", "best (lowest validation loss), latest, or a step.",
                         flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
-    fv(argv or sys.argv)
+    try:
+        fv(argv or sys.argv)
+    except flags.Error as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
     if not fv.workdir or not fv.out:
         print("usage: python -m consensus_jax.export --workdir=RUN --out=FOLDER "
               "[--checkpoint=best|latest|STEP] [--overwrite]", file=sys.stderr)
@@ -159,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
-    exported, params, manifest = build(fv.workdir, checkpoint)
-    write(exported, params, manifest, out, overwrite=fv.overwrite)
+    try:
+        exported, params, manifest = build(fv.workdir, checkpoint)
+        write(exported, params, manifest, out, overwrite=fv.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad run folder or checkpoint
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"Exported {manifest['kind']} ({manifest['modality']}, step "
           f"{manifest['checkpoint']['step']}, platforms {', '.join(manifest['platforms'])}) to "
