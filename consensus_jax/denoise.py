@@ -28,9 +28,7 @@ temporary name and renamed when complete, and an existing output is never replac
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from consensus_jax import artifact
+from consensus_jax import workdir as wd
 
 #: Pixel spacings more than this factor away from the training data's are refused.
 SPACING_TOLERANCE = 1.5
@@ -91,13 +90,6 @@ def _output_guard(output: Path, overwrite: bool) -> None:
                               "another --output.")
 
 
-def _commit(tmp: Path, output: Path) -> None:
-    """Moves the finished temporary output into place (replacing an old one)."""
-    if output.exists():
-        shutil.rmtree(output) if output.is_dir() else output.unlink()
-    tmp.rename(output)
-
-
 def _run(model: artifact.Model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
     with tqdm(total=images[0].shape[0], unit="slice", desc="denoise") as bar:
         return model.denoise(*images, batch_size=batch_size, progress=bar.update)
@@ -122,10 +114,7 @@ def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batc
     check_spacing(model.manifest, volume.pixel_size_mm, str(folder), allow_other_spacing)
     check_values(model.manifest, volume.hu, str(folder), allow_unusual_values)
     denoised = _run(model, [volume.hu], batch_size)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    tmp.chmod(0o755)
-    try:
+    with wd.atomic_output(output, folder=True) as tmp:
         series_uid = generate_uid()
         step = model.manifest["checkpoint"]["step"]
         for path, hu in zip(volume.files, denoised, strict=True):
@@ -151,10 +140,6 @@ def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batc
             target = tmp / Path(path).relative_to(folder)
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
-        _commit(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return output
 
 
@@ -270,14 +255,8 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
 
 
 def _write_file(output: Path, save: Callable[[Path], Any]) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial{''.join(output.suffixes)}")
-    try:
+    with wd.atomic_output(output) as tmp:
         save(tmp)
-        _commit(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return output
 
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from jax import export
 
 import consensus_jax
 from consensus_jax import artifact, input_pipeline, runs, train_lib
+from consensus_jax import workdir as wd
 
 #: Platforms the function is lowered for (one artifact runs on either).
 PLATFORMS = ("cpu", "cuda")
@@ -110,20 +110,11 @@ def write(exported: export.Exported, params: list[np.ndarray], manifest: dict[st
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or choose another "
                               "--out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private
-    try:
+    with wd.atomic_output(out, folder=True) as tmp:
         (tmp / artifact.FUNCTION).write_bytes(exported.serialize())
         np.savez(tmp / artifact.PARAMS, **{f"p{i:04d}": p for i, p in enumerate(params)})
         (tmp / artifact.MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.copyfile(artifact.__file__, tmp / "load_model.py")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -55,6 +57,32 @@ def atomic_open(path: str | Path, mode: str = "w", keep: bool = False) -> Iterat
     if keep:
         keep_previous(path)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` (a file, or with ``folder=True`` a new folder) and
+    moves it into place, replacing an old ``path``, only when the block succeeds; a failure
+    removes it and leaves ``path`` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private
+    else:
+        tmp = path.with_name(f".{path.name}.partial{''.join(path.suffixes)}")
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif folder and path.exists():
+            path.unlink()
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write(path: str | Path, data: str | bytes, keep: bool = False) -> Path:
