@@ -271,9 +271,6 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     if tcfg.batch_size % mesh.size:
         raise ValueError(f"train.batch_size={tcfg.batch_size} must be divisible by the number of "
                          f"devices ({mesh.size}).")
-    # This process's rows of every global batch: those its devices hold.
-    local_batch = tcfg.batch_size // nproc
-    rows = slice(pid * local_batch, (pid + 1) * local_batch)
 
     teacher = _Teacher(method, config) if method.kind == "distill" else None
     images = input_pipeline.load_split(config.data, config.data.train_split, config.modality,
@@ -338,6 +335,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     keys = (k_order, k_patch, k_step)
     per_dispatch = steps_per_dispatch(config)
     images = replicate(images, replicated)
+    orders: dict[int, jax.Array] = {}  # the current epoch's slice order, computed once
+
+    def epoch_order(step: int) -> jax.Array:
+        epoch = step // steps_per_epoch
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = schedule.order(k_order, epoch)
+        return orders[epoch]
+
     if per_dispatch > 1:
         # Several steps per dispatch, each cutting its patches on the device.
         multi_step = train_lib.make_multi_step(
@@ -345,24 +351,19 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
             out_shardings=(replicated, replicated))
 
         def advance(state, first, stop):
-            return multi_step(state, images, keys, jnp.int32(first), jnp.int32(stop - first))
+            return multi_step(state, images, keys, epoch_order(first), jnp.int32(first),
+                              jnp.int32(stop - first))
     else:
-        # One dispatch per step; on several processes each cuts the global batch and passes
-        # on its rows.
+        # One dispatch per step plus one that cuts its batch (laid out over the devices; on
+        # several processes each holds its rows of the same global batch).
+        cut = train_lib.make_batch_cutter(schedule, out_shardings=(batch_sharding, replicated))
         train_step = train_lib.make_train_step(method, optimizer,
                                                out_shardings=(replicated, replicated))
 
-        orders: dict[int, jax.Array] = {}  # the current epoch's slice order, computed once
-
         def advance(state, first, stop):
             for step in range(first, stop):
-                epoch = step // steps_per_epoch
-                if epoch not in orders:
-                    orders.clear()
-                    orders[epoch] = schedule.order(k_order, epoch)
-                batch = schedule.batch(images, k_order, k_patch, step, order=orders[epoch])
-                batch = _globalise(batch, batch_sharding, nproc, rows)
-                state, step_metrics = train_step(state, batch, jax.random.fold_in(k_step, step))
+                batch, step_key = cut(images, epoch_order(step), keys, step)
+                state, step_metrics = train_step(state, batch, step_key)
             return state, step_metrics
 
     logger = _Logger(workdir, bool(tcfg.get("tensorboard", True)), enabled=pid == 0)
@@ -444,13 +445,3 @@ def replicate(tree: Any, sharding: NamedSharding) -> Any:
         return jax.device_put(tree, sharding)
     return jax.tree.map(
         lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), tree)
-
-
-def _globalise(batch: dict[str, jax.Array], sharding: NamedSharding, nproc: int, rows: slice
-               ) -> dict[str, jax.Array]:
-    """The global ``batch`` (cut alike in every process) sharded over the batch axis; each
-    process passes on its ``rows``."""
-    if nproc == 1:
-        return jax.device_put(batch, sharding)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v[rows]))
-            for k, v in batch.items()}

@@ -288,35 +288,63 @@ class PatchSchedule:
         return patches.random_patch_batch(key, images, idx, self.patch_size, self.augment)
 
 
+def make_batch_cutter(schedule: PatchSchedule, **jit_kwargs) -> Callable:
+    """Returns ``cut(images, order, keys, step) -> (batch, step_key)``, jitted: step ``step``'s
+    patch batch as ``schedule`` prescribes (``order``: that step's epoch order) and the key of
+    its train step, in one dispatch. ``keys`` = (k_order, k_patch, k_step).
+
+    The one-step-per-dispatch loop calls it before the train step of ``make_train_step``: the
+    same batches as ``make_multi_step``, cut without a host round trip. ``out_shardings`` lays
+    the batch out over the devices.
+    """
+    def cut(images: Mapping[str, Array], order: Array, keys: tuple[Array, ...], step: Array
+            ) -> tuple[dict[str, Array], Array]:
+        k_order, k_patch, k_step = keys
+        return (schedule.batch(images, k_order, k_patch, step, order=order),
+                jax.random.fold_in(k_step, step))
+
+    return jax.jit(cut, **jit_kwargs)
+
+
 def make_multi_step(method: Method, optimizer: optax.GradientTransformation,
                     schedule: PatchSchedule, batch_sharding: Any = None,
                     **jit_kwargs) -> Callable:
-    """Returns ``multi_step(state, images, keys, start, count) -> (state, metrics)``, jitted.
+    """Returns ``multi_step(state, images, keys, order, start, count) -> (state, metrics)``,
+    jitted.
 
     Runs training steps ``start .. start + count - 1`` in one dispatch (a ``fori_loop`` with a
     traced trip count, so every ``count`` shares one compilation): each step cuts its patches
     from ``images`` (name -> [S, H, W, C], already on the device) as ``schedule`` prescribes and
     applies the train step of ``make_train_step``. The host only waits for the result when it
     reads ``metrics``, the loss terms of the last step. ``keys`` = (k_order, k_patch, k_step).
+    ``order``: the slice order of ``start``'s epoch (``schedule.order``), computed once per
+    epoch by the caller; a step in a later epoch computes its own.
     ``batch_sharding``: constrains each batch (the data-parallel axis) on a multi-device mesh.
     """
     step_fn = make_train_step(method, optimizer, jit=False)
 
     def one_step(state: TrainState, images: Mapping[str, Array], keys: tuple[Array, ...],
-                 step: Array) -> tuple[TrainState, dict]:
+                 order: Array, step: Array) -> tuple[TrainState, dict]:
         k_order, k_patch, k_step = keys
-        batch = schedule.batch(images, k_order, k_patch, step)
+        batch = schedule.batch(images, k_order, k_patch, step, order=order)
         if batch_sharding is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         return step_fn(state, batch, jax.random.fold_in(k_step, step))
 
     def multi_step(state: TrainState, images: Mapping[str, Array], keys: tuple[Array, ...],
-                   start: Array, count: Array) -> tuple[TrainState, dict]:
-        shapes = jax.eval_shape(one_step, state, images, keys, start)[1]
+                   order: Array, start: Array, count: Array) -> tuple[TrainState, dict]:
+        shapes = jax.eval_shape(one_step, state, images, keys, order, start)[1]
         metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        return jax.lax.fori_loop(
-            0, count, lambda j, carry: one_step(carry[0], images, keys, start + j),
-            (state, metrics))
+        first_epoch = start // schedule.steps_per_epoch
+
+        def body(j: Array, carry: tuple[TrainState, dict]) -> tuple[TrainState, dict]:
+            step = start + j
+            epoch = step // schedule.steps_per_epoch
+            step_order = jax.lax.cond(epoch == first_epoch, lambda: order,
+                                      lambda: schedule.order(keys[0], epoch))
+            return one_step(carry[0], images, keys, step_order, step)
+
+        return jax.lax.fori_loop(0, count, body, (state, metrics))
 
     jit_kwargs.setdefault("compiler_options", default_compiler_options())
     return jax.jit(multi_step, donate_argnums=(0,), **jit_kwargs)
