@@ -6,10 +6,10 @@
 Takes train.py's multi-process flags (--coordinator_address, --num_processes, --process_id, ...).
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from consensus_jax import distributed
+from consensus_jax import distributed, errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base experiment config.")
 _GRID = flags.DEFINE_string("grid", "loss_terms", "Grid name in configs/ablation.py.")
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["config", "root", "out"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.ConfigError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()  # several processes train each run together
     from configs import ablation as grids
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_absl(main)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from consensus_jax import errors
 from consensus_jax.workdir import atomic_write
 
 KINDS = ("noise2clean", "noise2noise", "consensus")
@@ -40,20 +41,29 @@ def _stage(name: str, args: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"Stage {name!r} failed (exit code {proc.returncode}); fix the error "
-                         "above and rerun: finished stages are reused.")
+        print(f"Stage {name!r} failed (exit status {proc.returncode}); fix the error above and "
+              "rerun: finished stages are reused.", file=sys.stderr)
+        sys.exit(proc.returncode if proc.returncode > 0 else 1)
     return {"stage": name, "command": shlex.join(["python", *args]), "wall_s": round(wall, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one message and exit status 2, as every command
+        raise errors.ConfigError(f"{message}. Run python demo.py --help for the flags.")
+
+
+@errors.boundary
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modality", choices=sorted(SETTINGS), default="ct")
     parser.add_argument("--data_dir", default="data/tfds")
     parser.add_argument("--work_root", default="work_dirs")
     parser.add_argument("--out", default=None, help="default: results/<modality>_quick")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Show the traceback of every stage's error.")
     args = parser.parse_args(argv)
+    errors.set_verbose(args.verbose)  # the stages inherit it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     s = SETTINGS[args.modality]
     name = f"{args.modality}_quick"

@@ -7,8 +7,10 @@ Writes table.md, table.csv, results.json (per-slice values) and figure.png into 
 results there are kept under numbered names, never overwritten.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from consensus_jax import errors
 
 _RUNS = flags.DEFINE_list("runs", [], "Training workdirs to evaluate (comma separated).")
 _OUT = flags.DEFINE_string("out", None, "Output folder for the table and figure.")
@@ -26,10 +28,11 @@ flags.mark_flags_as_required(["out"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.ConfigError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    if _ZOOM.value and len(_ZOOM.value) != 3:
-        raise app.UsageError(f"--zoom takes row,col,size; got {_ZOOM.value}.")
+    if _ZOOM.value and (len(_ZOOM.value) != 3 or not all(v.isdigit() for v in _ZOOM.value)):
+        raise errors.ConfigError(f"--zoom takes row,col,size in pixels; got "
+                                 f"{','.join(_ZOOM.value)}.")
     zoom = tuple(int(v) for v in _ZOOM.value) if _ZOOM.value else None
     from consensus_jax import evaluation
 
@@ -41,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_absl(main)

@@ -16,10 +16,10 @@ with the same flags plus its coordinates (docs/multihost.md):
 
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from consensus_jax import distributed
+from consensus_jax import distributed, errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -32,7 +32,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.ConfigError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     distributed.initialize_from_flags()  # before any other JAX call; a no-op without flags
     from consensus_jax import evaluation, experiment
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_absl(main)

@@ -8,6 +8,8 @@ Ln 17.0 / 86.6, Ln+Lw+Lr 15.8 / 90.3; noise2clean 15.3 / 90.2; noise2noise 19.6 
 25.7 / 86.2. Every setting and the noiseless-FBP reference: docs/EXPERIMENTS.md.
 """
 
+from consensus_jax.errors import ConfigError
+
 
 def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
     n2n = {"loss.kind": "noise2noise", "loss.beta_r": 0.0}
@@ -54,5 +56,5 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
                    for b in (0.0, 5e-6, 5e-5, 5e-4)},
     }
     if kind not in grids:
-        raise ValueError(f"Unknown ablation grid {kind!r}; choose from {sorted(grids)}.")
+        raise ConfigError(f"Unknown ablation grid {kind!r}; choose from {sorted(grids)}.")
     return grids[kind]

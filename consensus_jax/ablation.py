@@ -21,6 +21,7 @@ import numpy as np
 
 from consensus_jax import evaluation, experiment, input_pipeline
 from consensus_jax import workdir as wd
+from consensus_jax.errors import ConfigError
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
@@ -34,7 +35,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
         try:
             config.update_from_flattened_dict({key: value})
         except KeyError as err:
-            raise ValueError(f"Ablation override {key!r}: no such config key ({err}).") from None
+            raise ConfigError(f"Ablation override {key!r}: no such config key ({err}).") from None
     if not was_locked:
         config.unlock()
     return config

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from consensus_jax import export, metrics
+from consensus_jax.errors import ConfigError, InputError
 
 __all__ = ["load_model", "score"]
 
@@ -33,12 +34,12 @@ def score(denoised: Any, reference: Any, modality: str = "ct") -> dict[str, Any]
     """
     x, ref = np.asarray(denoised, np.float32), np.asarray(reference, np.float32)
     if x.shape != ref.shape:
-        raise ValueError(f"denoised {x.shape} and reference {ref.shape} differ in shape.")
+        raise InputError(f"denoised {x.shape} and reference {ref.shape} differ in shape.")
     if modality == "ct":
         x, ref = (x[None], ref[None]) if x.ndim == 2 else (x, ref)
         values = metrics.ct_metrics(x, ref)
     elif modality == "mri":
         values = metrics.mri_metrics(x, ref)
     else:
-        raise ValueError(f"modality must be 'ct' or 'mri', got {modality!r}.")
+        raise ConfigError(f"modality must be 'ct' or 'mri', got {modality!r}.")
     return {k: np.asarray(v) for k, v in values.items()}

@@ -21,6 +21,12 @@ import jax
 import numpy as np
 from jax import export
 
+try:
+    from consensus_jax.errors import InputError, MissingRunError, RunError
+except ImportError:  # the copy beside an exported model stands alone
+    InputError = RunError = ValueError
+    MissingRunError = FileNotFoundError
+
 MANIFEST = "manifest.json"
 FUNCTION = "model.jaxexport"
 PARAMS = "params.npz"
@@ -39,17 +45,17 @@ class Model:
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {folder} is not an exported model (make "
-                                    "one with python -m consensus_jax.export).")
+            raise MissingRunError(f"{path} not found: {folder} is not an exported model (make "
+                                  "one with python -m consensus_jax.export).")
         manifest = json.loads(path.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, this "
-                             f"loader reads {FORMAT_VERSION}; export the model again.")
+            raise RunError(f"{path}: format_version {manifest.get('format_version')!r}, this "
+                           f"loader reads {FORMAT_VERSION}; export the model again.")
         exported = export.deserialize(bytearray((folder / FUNCTION).read_bytes()))
         here = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
         if here not in exported.platforms:
-            raise RuntimeError(f"{folder} was exported for {list(exported.platforms)}; JAX runs "
-                               f"on {here!r} here. Export the model again on such a machine.")
+            raise RunError(f"{folder} was exported for {list(exported.platforms)}; JAX runs "
+                           f"on {here!r} here. Export the model again on such a machine.")
         with np.load(folder / PARAMS) as f:
             params = [f[f"p{i:04d}"] for i in range(len(f.files))]
         return cls(exported, params, manifest)
@@ -71,15 +77,15 @@ class Model:
         """
         pair = len(self.inputs) == 2
         if pair and x2 is None:
-            raise ValueError(f"This model ({self.manifest['kind']}) denoises a pair of half "
+            raise InputError(f"This model ({self.manifest['kind']}) denoises a pair of half "
                              "reconstructions (x1, x2) of each slice; pass both, or export a "
                              "distilled model (loss.kind=distill) to denoise single images.")
         if not pair and x2 is not None:
-            raise ValueError(f"This model ({self.manifest['kind']}) takes one image per slice; "
+            raise InputError(f"This model ({self.manifest['kind']}) takes one image per slice; "
                              "pass x1 only.")
         arrays = [self._prepare(x, name) for x, name in ((x1, "x1"), (x2, "x2")) if x is not None]
         if pair and arrays[0].shape != arrays[1].shape:
-            raise ValueError(f"x1 {arrays[0].shape} and x2 {arrays[1].shape} differ in shape.")
+            raise InputError(f"x1 {arrays[0].shape} and x2 {arrays[1].shape} differ in shape.")
         scale = float(self.manifest["scale"])
         out = []
         for start in range(0, arrays[0].shape[0], batch_size):
@@ -96,11 +102,11 @@ class Model:
         if x.ndim == 3 and channels == 1:
             x = x[..., None]
         if x.ndim != 4 or x.shape[-1] != channels:
-            raise ValueError(f"{name} has shape {x.shape}; expected [S, H, W, {channels}]"
+            raise InputError(f"{name} has shape {x.shape}; expected [S, H, W, {channels}]"
                              + (" or [S, H, W]" if channels == 1 else "") + ".")
         if not np.all(np.isfinite(x)):
             bad = int(np.argmax(~np.all(np.isfinite(x), axis=(1, 2, 3))))
-            raise ValueError(f"{name}: slice {bad} holds NaN or inf values; repair the input.")
+            raise InputError(f"{name}: slice {bad} holds NaN or inf values; repair the input.")
         return x
 
     def __repr__(self) -> str:

@@ -36,17 +36,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from consensus_jax import artifact
+from consensus_jax import artifact, errors
 from consensus_jax import workdir as wd
+from consensus_jax.errors import ConfigError, InputError, MissingInputError, OutputExistsError
 
 #: Pixel spacings more than this factor away from the training data's are refused.
 SPACING_TOLERANCE = 1.5
 #: Plausible CT values (HU): outside, the input is probably not in HU.
 HU_RANGE = (-2100.0, 5000.0)
-
-
-class InputError(ValueError):
-    """An input that does not fit the model; the message says what to do."""
 
 
 def _trained_spacing(manifest: dict[str, Any]) -> float | None:
@@ -86,8 +83,8 @@ def check_values(manifest: dict[str, Any], images: np.ndarray, source: str, allo
 
 def _output_guard(output: Path, overwrite: bool) -> None:
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it, or choose "
-                              "another --output.")
+        raise OutputExistsError(f"{output} exists; pass --overwrite to replace it, or choose "
+                                "another --output.")
 
 
 def _run(model: artifact.Model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
@@ -274,7 +271,7 @@ def denoise_path(model: artifact.Model, source: str | Path, output: str | Path,
     """Denoises ``source`` (DICOM folder, NIfTI, .npy, .npz) into ``output``."""
     source, output = Path(source), Path(output)
     if not source.exists():
-        raise FileNotFoundError(f"--input {source} does not exist.")
+        raise MissingInputError(f"--input {source} does not exist.")
     if source.resolve() == output.resolve():
         raise InputError(f"--output {output} is the input; choose another path.")
     _output_guard(output, overwrite)
@@ -291,6 +288,7 @@ def denoise_path(model: artifact.Model, source: str | Path, output: str | Path,
                      ".nii.gz file, a .npy stack, an .npz with x1 and x2, or a fastMRI .h5.")
 
 
+@errors.boundary
 def main(argv: list[str] | None = None) -> int:
     from absl import flags  # noqa: PLC0415
 
@@ -311,27 +309,19 @@ def main(argv: list[str] | None = None) -> int:
                       "from the training data's.", flag_values=fv)
     flags.DEFINE_bool("allow_unusual_values", False, "Denoise although CT values look unlike "
                       "HU.", flag_values=fv)
-    try:
-        fv(argv or sys.argv)
-    except flags.Error as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 2
+    errors.define_verbose_flag(fv)
+    errors.parse_flags(fv, argv or sys.argv)
     if not (fv.model and fv.input and fv.output):
-        print("usage: python -m consensus_jax.denoise --model=MODEL --input=IN --output=OUT "
-              "[--overwrite]", file=sys.stderr)
-        return 2
+        raise ConfigError("usage: python -m consensus_jax.denoise --model=MODEL --input=IN "
+                          "--output=OUT [--overwrite]")
     from consensus_jax import export  # noqa: PLC0415 - the training stack, for workdirs
 
-    try:
-        _output_guard(Path(fv.output), fv.overwrite)  # before loading anything
-        checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
-        model = export.load(fv.model, checkpoint)
-        out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite,
-                           batch_size=fv.batch_size, allow_other_spacing=fv.allow_other_spacing,
-                           allow_unusual_values=fv.allow_unusual_values, seed=fv.seed)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # InputError and readers' own
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
+    _output_guard(Path(fv.output), fv.overwrite)  # before loading anything
+    checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
+    model = export.load(fv.model, checkpoint)
+    out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite,
+                       batch_size=fv.batch_size, allow_other_spacing=fv.allow_other_spacing,
+                       allow_unusual_values=fv.allow_unusual_values, seed=fv.seed)
     print(f"Denoised {fv.input} with {model!r} -> {out}")
     return 0
 

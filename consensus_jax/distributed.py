@@ -20,6 +20,8 @@ import sys
 
 from absl import flags
 
+from consensus_jax.errors import ConfigError
+
 _CHECK = ("check that every process got the same --coordinator_address and --num_processes, "
           "that the process ids are 0 .. num_processes - 1 with none twice, that process 0 is "
           "running, and that its port is free and reachable from every process.")
@@ -51,17 +53,17 @@ def check_arguments(coordinator_address: str | None, num_processes: int | None,
              "--process_id": process_id}
     missing = [k for k, v in given.items() if v is None]
     if len(missing) not in (0, 3):
-        raise ValueError(f"{', '.join(missing)} missing: an explicit multi-process run needs "
-                         "--coordinator_address, --num_processes and --process_id together "
-                         "(or --multihost alone, for a cluster JAX detects).")
+        raise ConfigError(f"{', '.join(missing)} missing: an explicit multi-process run needs "
+                          "--coordinator_address, --num_processes and --process_id together "
+                          "(or --multihost alone, for a cluster JAX detects).")
     if not missing:
         host, _, port = str(coordinator_address).rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"--coordinator_address={coordinator_address!r} must be host:port, "
-                             "e.g. 10.0.0.1:12345 (process 0's machine and a free port).")
+            raise ConfigError(f"--coordinator_address={coordinator_address!r} must be host:port, "
+                              "e.g. 10.0.0.1:12345 (process 0's machine and a free port).")
         if not 0 <= process_id < num_processes:
-            raise ValueError(f"--process_id={process_id} must lie in 0 .. {num_processes - 1} "
-                             f"(--num_processes={num_processes}).")
+            raise ConfigError(f"--process_id={process_id} must lie in 0 .. {num_processes - 1} "
+                              f"(--num_processes={num_processes}).")
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -89,8 +91,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                    local_device_ids=local_device_ids,
                                    initialization_timeout=int(timeout_s))
     except Exception as e:  # jax raises RuntimeError/ValueError/XlaRuntimeError here
-        raise RuntimeError(f"Could not join the multi-process run {where} within {timeout_s} s: "
-                           f"{e}\n{_CHECK}") from e
+        raise ConfigError(f"Could not join the multi-process run {where} within {timeout_s} s: "
+                          f"{e}\n{_CHECK}") from e
     return True
 
 
@@ -99,7 +101,7 @@ def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
     f = flag_values
     ids = f.local_device_ids or []
     if not all(i.strip().isdigit() for i in ids):
-        raise ValueError(f"--local_device_ids={','.join(ids)} must be device numbers, e.g. 0,1.")
+        raise ConfigError(f"--local_device_ids={','.join(ids)} must be device numbers, e.g. 0,1.")
     device_ids = [int(i) for i in ids] or None
     return initialize(f.coordinator_address, f.num_processes, f.process_id, device_ids,
                       f.init_timeout_s, auto=f.multihost)

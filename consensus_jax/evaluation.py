@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import numpy as np
 
 from consensus_jax import input_pipeline, metrics, train_lib
 from consensus_jax import workdir as wd
+from consensus_jax.errors import ConfigError, InputError, RunError
 from consensus_jax.runs import (  # noqa: F401 - part of evaluation's interface
     learned_columns,
     load_params,
@@ -102,11 +106,15 @@ def markdown_table(modality: str, results: Sequence[Result]) -> str:
 
 
 def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], header: str,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Writes table.md, table.csv and results.json (per-slice values) into ``out_dir``.
+                  extra: Mapping[str, Any] | None = None,
+                  figure: Callable[[Path], Any] | None = None) -> dict[str, Path]:
+    """Writes table.md, table.csv, results.json (per-slice values) and, when ``figure`` is
+    given, figure.png (``figure(path)`` draws it) into ``out_dir`` as one set.
 
-    Existing files are never overwritten: each is first written to a temporary name and renamed,
-    and an existing table is kept under a numbered name.
+    Every file is first written into a temporary folder inside ``out_dir``; only when all of
+    them exist do they replace the old set, whose files are kept under numbered names (never
+    overwritten). A failure on the way removes the temporary folder and leaves ``out_dir`` as
+    it was.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(modality, results)
@@ -116,15 +124,28 @@ def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], heade
     payload = {"modality": modality, "summary": rows, **(extra or {}),
                "per_slice": [{"method": r.method, "reference": r.reference,
                               **{k: v.tolist() for k, v in r.values.items()}} for r in results]}
-    paths = {"md": out_dir / "table.md", "csv": out_dir / "table.csv",
-             "json": out_dir / "results.json"}
-    wd.atomic_write(paths["md"], f"{header}\n\n{table}\n", keep=True)
-    with wd.atomic_open(paths["csv"], keep=True) as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    wd.atomic_write(paths["json"], json.dumps(payload, indent=1), keep=True)
-    return paths
+    names = {"md": "table.md", "csv": "table.csv", "json": "results.json"}
+    if figure is not None:
+        names["figure"] = "figure.png"
+    tmp = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out_dir))
+    try:
+        (tmp / names["md"]).write_text(f"{header}\n\n{table}\n")
+        with (tmp / names["csv"]).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        (tmp / names["json"]).write_text(json.dumps(payload, indent=1))
+        if figure is not None:
+            figure(tmp / names["figure"])
+        missing = [n for n in names.values() if not (tmp / n).is_file()]
+        if missing:
+            raise RuntimeError(f"{tmp}: {missing} were not written.")
+        for name in names.values():  # the whole set exists: it replaces the old one
+            wd.keep_previous(out_dir / name)
+            os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {kind: out_dir / name for kind, name in names.items()}
 
 
 def evaluate_on_test(config: ml_collections.ConfigDict, method: train_lib.Method, params: Any,
@@ -177,7 +198,7 @@ def load_extra_baselines(data_cfg: ml_collections.ConfigDict, split: str,
         rows = [index[(int(p), int(s))] for p, s in
                 zip(images["patient_id"], images["slice_index"], strict=True)]
     except KeyError as err:
-        raise ValueError(f"{path} lacks slice (patient_id, slice_index) = {err.args[0]} of the "
+        raise InputError(f"{path} lacks slice (patient_id, slice_index) = {err.args[0]} of the "
                          f"{split} split; rebuild it with --baselines.") from None
     return {k: v[rows] for k, v in stored.items() if not k.startswith("meta_")}
 
@@ -199,8 +220,16 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
     """
     from consensus_jax import figures
 
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder (it is created if missing).")
+    if figure_slice < 0:
+        raise ConfigError(f"--figure_slice={figure_slice}: must be a test slice index >= 0.")
+    if zoom_box is not None and (len(zoom_box) != 3 or min(zoom_box) < 0 or zoom_box[2] < 2):
+        raise ConfigError(f"--zoom={zoom_box}: expected row,col,size with row, col >= 0 and "
+                          "size >= 2 pixels.")
     runs, chosen_by = [], []
-    for d in run_dirs:
+    for d in run_dirs:  # every run's config and checkpoint, before anything is computed
         cfg = wd.load_config(d)
         method = train_lib.Method.from_config(cfg)
         params, step, why = load_params(d, method, cfg, checkpoint)
@@ -208,16 +237,31 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
         chosen_by.append(why)
     if config is None:
         if not runs:
-            raise ValueError("Give at least one training workdir (--runs) or a --config.")
+            raise ConfigError("Give at least one training workdir (--runs) or a --config.")
         config = runs[0][3]
     data_keys = ("name", "config")
     for d, (_, _, _, cfg) in zip(run_dirs, runs, strict=True):
         if any(cfg.data[k] != config.data[k] for k in data_keys) or cfg.modality != config.modality:
-            raise ValueError(f"Run {d} was trained on {cfg.modality} {cfg.data.name}/"
-                             f"{cfg.data.config}, not {config.modality} {config.data.name}/"
-                             f"{config.data.config}; evaluate runs of one dataset together.")
+            raise RunError(f"Run {d} was trained on {cfg.modality} {cfg.data.name}/"
+                           f"{cfg.data.config}, not {config.modality} {config.data.name}/"
+                           f"{config.data.config}; evaluate runs of one dataset together.")
+    filled: dict[str, str] = {}  # table column -> the run that fills it
+    for d, (method, *_) in zip(run_dirs, runs, strict=True):
+        for column in learned_columns(method.kind):
+            if column in filled:
+                raise ConfigError(f"Two runs fill the column {column!r}: {filled[column]} and "
+                                  f"{d}; evaluate them separately.")
+            filled[column] = str(d)
     modality = config.modality
     images = input_pipeline.load_split(config.data, config.data.test_split, modality)
+    num, height, width = images["x1"].shape[:3]
+    if figure_slice >= num:
+        raise ConfigError(f"--figure_slice={figure_slice}: the test split has {num} slices "
+                          f"(0 .. {num - 1}).")
+    if zoom_box is not None and (zoom_box[0] + zoom_box[2] > height
+                                 or zoom_box[1] + zoom_box[2] > width):
+        raise ConfigError(f"--zoom={','.join(map(str, zoom_box))}: the box leaves the "
+                          f"{height} x {width} test images.")
     outputs: dict[str, np.ndarray] = {}
     for name in METHOD_ORDER[modality][:2]:
         if BASELINE_FEATURE.get(name) in images:
@@ -226,18 +270,13 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
                                         note_missing=modality == "ct"))
     steps = {}
     for d, (method, params, step, _) in zip(run_dirs, runs, strict=True):
-        for column in learned_columns(method.kind):
-            if column in outputs:
-                raise ValueError(f"Two runs fill the column {column!r} (the second is {d}).")
         outputs.update(predict(method, params, images, batch_size))
         steps[str(d)] = step
     results = score(modality, outputs, images)
-    num = images["x1"].shape[0]
     header = (f"{modality.upper()} test split of {config.data.name}/{config.data.config}: "
               f"{num} slices, mean ± std over slices. Runs: "
               + (", ".join(f"{d} (step {s}: {why})" for (d, s), why
                            in zip(steps.items(), chosen_by, strict=True)) or "none"))
-    paths = write_outputs(Path(out_dir), modality, results, header, {"runs": steps})
     order = [m for m in METHOD_ORDER[modality] if m in outputs]
     reference_key = input_pipeline.REFERENCE_KEY[modality]
     panels = {("Full-dose FBP" if modality == "ct" else "Fully sampled"):
@@ -249,8 +288,8 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
         if r.reference == first_ref and r.method in panels:
             captions[r.method] = ", ".join(
                 f"{METRIC_LABELS.get(k, k)} {v[figure_slice]:.1f}" for k, v in r.values.items())
-    paths["figure"] = figures.comparison_figure(Path(out_dir) / "figure.png", modality, panels,
-                                                zoom_box, captions)
+    paths = write_outputs(out, modality, results, header, {"runs": steps}, figure=lambda path:
+                          figures.comparison_figure(path, modality, panels, zoom_box, captions))
     print(header)
     print(markdown_table(modality, results))
     for kind, p in paths.items():

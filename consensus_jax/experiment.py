@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from consensus_jax import input_pipeline, metrics, runs, train_lib
 from consensus_jax import workdir as wd
+from consensus_jax.errors import ConfigError, MissingRunError
 
 #: Environment variable for the tests of exact resume: the process exits (code 3, no cleanup)
 #: right after this step, as a crash between steps would.
@@ -83,15 +84,15 @@ class _Teacher:
         try:
             t_method, self.params, self.step, t_config = runs.load_run(method.teacher)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{where}: {e}") from None
+            raise MissingRunError(f"{where}: {e}") from None
         if t_method.kind != "consensus":
-            raise ValueError(f"{where} is a {t_method.kind!r} run; distillation needs a trained "
-                             "consensus pair (loss.kind='consensus').")
+            raise ConfigError(f"{where} is a {t_method.kind!r} run; distillation needs a trained "
+                              "consensus pair (loss.kind='consensus').")
         ours = (config.modality, config.data.name, config.data.config)
         theirs = (t_config.modality, t_config.data.name, t_config.data.config)
         if ours != theirs:
-            raise ValueError(f"{where} was trained on {'/'.join(theirs)}, this run trains on "
-                             f"{'/'.join(ours)}: distil on the teacher's own dataset.")
+            raise ConfigError(f"{where} was trained on {'/'.join(theirs)}, this run trains on "
+                              f"{'/'.join(ours)}: distil on the teacher's own dataset.")
         self.method, self.batch_size = t_method, int(config.eval.batch_size)
         self.data_keys = tuple(dict.fromkeys(
             (*[k for k in method.input_keys() if k != train_lib.TEACHER_KEY], "x1", "x2")))
@@ -209,8 +210,8 @@ def steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
     """``train.steps_per_dispatch``, or the platform's default when it is 0 (or absent)."""
     k = int(config.train.get("steps_per_dispatch", 0) or 0)
     if k < 0:
-        raise ValueError(f"train.steps_per_dispatch must be >= 0 (0: the platform's default), "
-                         f"got {k}.")
+        raise ConfigError(f"train.steps_per_dispatch must be >= 0 (0: the platform's default), "
+                          f"got {k}.")
     return k or DEFAULT_STEPS_PER_DISPATCH.get(jax.default_backend(), 100)
 
 
@@ -232,22 +233,28 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     written (the loss settings are checked by ``train_lib.Method``)."""
     lr = config.optim.learning_rate
     if not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0):
-        raise ValueError(f"optim.learning_rate={lr!r}: must be a positive number (the paper: "
-                         "1e-4; the quick configs: 1e-3).")
+        raise ConfigError(f"optim.learning_rate={lr!r}: must be a positive number (the paper: "
+                          "1e-4; the quick configs: 1e-3).")
     for key, lowest, what in _BOUNDS:
         group, name = key.split(".")
-        value = config[group].get(name)
-        if value is None:
+        if name not in config[group]:
             continue
+        value = config[group][name]
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-            raise ValueError(f"{key}={value!r}: must be an integer >= {lowest} ({what}).")
+            raise ConfigError(f"{key}={value!r}: must be an integer >= {lowest} ({what}).")
+    for name in ("beta_w", "beta_r"):
+        value = config.loss.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not np.isfinite(value) or value < 0:
+            raise ConfigError(f"loss.{name}={value!r}: must be a number >= 0 (0 turns the term "
+                              "off).")
 
 
 def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.train.num_steps > 0:
         return int(config.train.num_steps)
     if config.train.num_epochs <= 0:
-        raise ValueError("Set train.num_steps > 0 or train.num_epochs > 0.")
+        raise ConfigError("Set train.num_steps > 0 or train.num_epochs > 0.")
     return int(config.train.num_epochs) * steps_per_epoch
 
 
@@ -269,8 +276,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     if tcfg.batch_size % mesh.size:
-        raise ValueError(f"train.batch_size={tcfg.batch_size} must be divisible by the number of "
-                         f"devices ({mesh.size}).")
+        raise ConfigError(f"train.batch_size={tcfg.batch_size} must be divisible by the number of "
+                          f"devices ({mesh.size}).")
 
     teacher = _Teacher(method, config) if method.kind == "distill" else None
     images = input_pipeline.load_split(config.data, config.data.train_split, config.modality,
@@ -280,12 +287,12 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     images = {k: v for k, v in images.items() if k not in ("patient_id", "slice_index")}
     num_slices, height, width = next(iter(images.values())).shape[:3]
     if tcfg.patch_size_px > min(height, width):
-        raise ValueError(f"train.patch_size_px={tcfg.patch_size_px} is larger than the training "
-                         f"images ({height} x {width}); lower it.")
+        raise ConfigError(f"train.patch_size_px={tcfg.patch_size_px} is larger than the training "
+                          f"images ({height} x {width}); lower it.")
     steps_per_epoch = (num_slices * tcfg.patches_per_slice) // tcfg.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"{num_slices} slices x {tcfg.patches_per_slice} patches per slice is "
-                         f"less than one batch of {tcfg.batch_size}: lower train.batch_size.")
+        raise ConfigError(f"{num_slices} slices x {tcfg.patches_per_slice} patches per slice is "
+                          f"less than one batch of {tcfg.batch_size}: lower train.batch_size.")
     total_steps = _num_steps(config, steps_per_epoch)
 
     optimizer = train_lib.make_optimizer(config.optim.learning_rate,
@@ -309,7 +316,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
         mngr.close()
         return state, method
     if config_changed and pid == 0:
-        wd.store_config(workdir, config)
+        wd.store_config(workdir, config, step=start)
     who = f" (process {pid} of {nproc})" if nproc > 1 else ""
     if start:
         tqdm.write(f"{workdir}: resuming from step {start}{who}.")

@@ -27,8 +27,9 @@ import numpy as np
 from jax import export
 
 import consensus_jax
-from consensus_jax import artifact, input_pipeline, runs, train_lib
+from consensus_jax import artifact, errors, input_pipeline, runs, train_lib
 from consensus_jax import workdir as wd
+from consensus_jax.errors import ConfigError, MissingRunError, OutputExistsError
 
 #: Platforms the function is lowered for (one artifact runs on either).
 PLATFORMS = ("cpu", "cuda")
@@ -108,8 +109,8 @@ def write(exported: export.Exported, params: list[np.ndarray], manifest: dict[st
     """Writes the folder ``out`` all at once (a temporary folder renamed at the end)."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or choose another "
-                              "--out.")
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it, or choose another "
+                                "--out.")
     with wd.atomic_output(out, folder=True) as tmp:
         (tmp / artifact.FUNCTION).write_bytes(exported.serialize())
         np.savez(tmp / artifact.PARAMS, **{f"p{i:04d}": p for i, p in enumerate(params)})
@@ -126,10 +127,11 @@ def load(path: str | Path, checkpoint: str | int = "best") -> artifact.Model:
     if (path / "config.json").is_file():
         exported, params, manifest = build(path, checkpoint)
         return artifact.Model(export.deserialize(exported.serialize()), params, manifest)
-    raise FileNotFoundError(f"{path} is neither an exported model (no {artifact.MANIFEST}) nor a "
-                            "training workdir (no config.json).")
+    raise MissingRunError(f"{path} is neither an exported model (no {artifact.MANIFEST}) nor a "
+                          "training workdir (no config.json).")
 
 
+@errors.boundary
 def main(argv: list[str] | None = None) -> int:
     from absl import flags  # noqa: PLC0415 - keeps `import consensus_jax.export` light
 
@@ -139,27 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_string("checkpoint", "best", "best (lowest validation loss), latest, or a step.",
                         flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
-    try:
-        fv(argv or sys.argv)
-    except flags.Error as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 2
+    errors.define_verbose_flag(fv)
+    errors.parse_flags(fv, argv or sys.argv)
     if not fv.workdir or not fv.out:
-        print("usage: python -m consensus_jax.export --workdir=RUN --out=FOLDER "
-              "[--checkpoint=best|latest|STEP] [--overwrite]", file=sys.stderr)
-        return 2
+        raise ConfigError("usage: python -m consensus_jax.export --workdir=RUN --out=FOLDER "
+                          "[--checkpoint=best|latest|STEP] [--overwrite]")
     out = Path(fv.out)
     if out.exists() and not fv.overwrite:  # before the slow part
-        print(f"Error: {out} exists; pass --overwrite to replace it, or choose another --out.",
-              file=sys.stderr)
-        return 1
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it, or choose "
+                                "another --out.")
     checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
-    try:
-        exported, params, manifest = build(fv.workdir, checkpoint)
-        write(exported, params, manifest, out, overwrite=fv.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad run folder or checkpoint
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
+    exported, params, manifest = build(fv.workdir, checkpoint)
+    write(exported, params, manifest, out, overwrite=fv.overwrite)
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"Exported {manifest['kind']} ({manifest['modality']}, step "
           f"{manifest['checkpoint']['step']}, platforms {', '.join(manifest['platforms'])}) to "

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from consensus_jax import synthetic
+from consensus_jax.errors import ConfigError, InputError, MissingInputError
 
 #: Image features every slice of a split carries, by modality (see consensus_jax/features.py).
 IMAGE_KEYS = {
@@ -40,7 +41,7 @@ def dataset_dir(data_cfg: Any) -> Path:
     """The folder of a prepared TFDS dataset: <data_dir>/<name>/<config>/<version>."""
     root = Path(data_cfg.data_dir) / data_cfg.name / data_cfg.config
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"No prepared dataset at {root}. Build it first, e.g. "
             f"`python -m data_prep.{data_cfg.name.split('_')[0]} --config={data_cfg.config} "
             f"--data_dir={data_cfg.data_dir}`."
@@ -48,7 +49,7 @@ def dataset_dir(data_cfg: Any) -> Path:
     versions = sorted((p for p in root.iterdir() if p.is_dir() and
                        (p / "dataset_info.json").exists()), key=lambda p: p.name)
     if not versions:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{root} holds no complete dataset version (no dataset_info.json): an earlier build "
             "was interrupted. Rerun the data_prep command; it resumes from scratch."
         )
@@ -94,7 +95,7 @@ def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str,
       keys: image keys to load (default: all of the modality's).
     """
     if modality not in IMAGE_KEYS:
-        raise ValueError(f"modality must be 'ct' or 'mri', got {modality!r}.")
+        raise ConfigError(f"modality must be 'ct' or 'mri', got {modality!r}.")
     if data_cfg.name == "synthetic":
         out = _synthetic_split(data_cfg, split, modality)
     else:
@@ -103,7 +104,7 @@ def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str,
     if keys is not None:
         missing = sorted(set(keys) - set(out))
         if missing:
-            raise ValueError(f"Dataset {data_cfg.name}/{data_cfg.config} has no features "
+            raise InputError(f"Dataset {data_cfg.name}/{data_cfg.config} has no features "
                              f"{missing}; it has {sorted(out)}.")
         out = {k: out[k] for k in (*keys, "patient_id", "slice_index") if k in out}
     limit = int(data_cfg.get("max_train_slices", 0) or 0)
@@ -118,7 +119,7 @@ def _read_tfds(data_cfg: Any, split: str) -> dict[str, np.ndarray]:
 
     builder = tfds.builder_from_directory(str(dataset_dir(data_cfg)))
     if split not in builder.info.splits:
-        raise ValueError(f"Split {split!r} not in {dataset_dir(data_cfg)}; it has "
+        raise InputError(f"Split {split!r} not in {dataset_dir(data_cfg)}; it has "
                          f"{sorted(builder.info.splits)}.")
     ds = builder.as_dataset(split=split, shuffle_files=False)
     columns: dict[str, list[np.ndarray]] = {}
@@ -126,7 +127,7 @@ def _read_tfds(data_cfg: Any, split: str) -> dict[str, np.ndarray]:
         for k, v in example.items():
             columns.setdefault(k, []).append(np.asarray(v))
     if not columns:
-        raise ValueError(f"Split {split!r} of {dataset_dir(data_cfg)} is empty.")
+        raise InputError(f"Split {split!r} of {dataset_dir(data_cfg)} is empty.")
     out = {k: np.stack(v) for k, v in columns.items()}
     # Deterministic order whatever the shard layout: by patient, then slice.
     order = np.lexsort((out["slice_index"], out["patient_id"]))

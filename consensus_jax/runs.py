@@ -6,6 +6,7 @@ each other.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from consensus_jax import train_lib
 from consensus_jax import workdir as wd
+from consensus_jax.errors import ConfigError, MissingRunError, RunError
 
 
 def learned_columns(kind: str) -> tuple[str, ...]:
@@ -63,25 +65,30 @@ def resolve_checkpoint(workdir: str | Path, checkpoint: str | int = "best"
     steps = latest.all_steps()
     latest.close()
     if checkpoint == "best" and (workdir / wd.BEST).is_dir():
-        best = wd.best_manager(workdir)
-        step = best.best_step()
-        best.close()
+        try:
+            best = wd.best_manager(workdir)
+            step = best.best_step()
+            best.close()
+        except Exception as e:  # noqa: BLE001 - a damaged record of the best step
+            warnings.warn(f"{workdir / wd.BEST}: the best step cannot be read ({type(e).__name__}: "
+                          f"{str(e)[:200]}); using the latest checkpoint instead.", stacklevel=2)
+            step = None
         if step is not None:
             return workdir / wd.BEST, int(step), "best validation loss"
     if not steps:
-        raise FileNotFoundError(f"No checkpoint in {workdir / wd.CHECKPOINTS}: train it first "
-                                f"(`python train.py --workdir={workdir} ...`).")
+        raise MissingRunError(f"No checkpoint in {workdir / wd.CHECKPOINTS}: train it first "
+                              f"(`python train.py --workdir={workdir} ...`).")
     if checkpoint in ("best", "latest"):
         why = "latest" if checkpoint == "latest" else "latest; the run has no validation checkpoint"
         return workdir / wd.CHECKPOINTS, max(steps), why
     try:
         step = int(checkpoint)
     except ValueError:
-        raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got "
-                         f"{checkpoint!r}.") from None
+        raise ConfigError(f"checkpoint must be 'best', 'latest' or a step number, got "
+                          f"{checkpoint!r}.") from None
     if step not in steps:
-        raise ValueError(f"{workdir / wd.CHECKPOINTS} has no checkpoint of step {step}; it has "
-                         f"{sorted(steps)}.")
+        raise RunError(f"{workdir / wd.CHECKPOINTS} has no checkpoint of step {step}; it has "
+                       f"{sorted(steps)}.")
     return workdir / wd.CHECKPOINTS, step, "requested"
 
 
@@ -89,7 +96,12 @@ def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collec
                 checkpoint: str | int = "best") -> tuple[Any, int, str]:
     """The parameters of one of a run's checkpoints (``resolve_checkpoint``), its step and how
     it was chosen, replicated over this machine's devices whatever the topology the run was saved
-    from."""
+    from.
+
+    For "best" and "latest", a checkpoint that fails to restore (a truncated file, a full disk)
+    is skipped with a warning and the newest intact kept step is used instead (its reason says
+    so); a requested step that fails raises RunError. Nothing in the run is changed.
+    """
     directory, step, why = resolve_checkpoint(workdir, checkpoint)
     params = jax.eval_shape(lambda: train_lib.init_network_params(method, jax.random.PRNGKey(0)))
 
@@ -98,7 +110,27 @@ def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collec
         return jax.eval_shape(optimizer.init, params)
 
     replicated = NamedSharding(train_lib.make_mesh(local=True), P())
-    return wd.restore_params(directory, step, params, replicated, opt_state_shapes), step, why
+    candidates = [(directory, step, why)]
+    if checkpoint in ("best", "latest"):
+        kept = wd.checkpoint_manager(Path(workdir), keep=1_000_000)
+        candidates += [(Path(workdir) / wd.CHECKPOINTS, s, "") for s in
+                       sorted(kept.all_steps(), reverse=True)
+                       if (Path(workdir) / wd.CHECKPOINTS, s) != (directory, step)]
+        kept.close()
+    failed = []
+    for folder, s, reason in candidates:
+        try:
+            restored = wd.restore_params(folder, s, params, replicated, opt_state_shapes)
+        except Exception as e:  # noqa: BLE001 - damage shows up as many exception types
+            failed.append(f"{folder / str(s)} ({type(e).__name__}: {str(e)[:200]})")
+            continue
+        if failed:
+            reason = reason or f"step {step} ({why}) unreadable; the newest intact kept step"
+            warnings.warn(f"{workdir}: could not restore {'; '.join(failed)}; using step {s} "
+                          "instead.", stacklevel=2)
+        return restored, s, reason
+    raise RunError(f"{workdir}: no checkpoint restores ({'; '.join(failed)}). If the run's config "
+                   "changed its layer sizes, evaluate it with the config it was trained with.")
 
 
 def load_run(workdir: str | Path, checkpoint: str | int = "best"

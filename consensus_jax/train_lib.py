@@ -33,6 +33,7 @@ import optax
 from jax.sharding import Mesh
 
 from consensus_jax import losses, patches
+from consensus_jax.errors import ConfigError, TrainingDiverged
 from consensus_jax.models import UNet, UNetConfig, apply_padded, init_params
 from consensus_jax.xla_options import default_compiler_options
 
@@ -71,21 +72,22 @@ class Method:
 
     def __post_init__(self):
         if self.kind not in LOSS_KINDS:
-            raise ValueError(f"loss.kind must be one of {LOSS_KINDS}, got {self.kind!r}.")
+            raise ConfigError(f"loss.kind must be one of {LOSS_KINDS}, got {self.kind!r}.")
         if self.param_layout not in PARAM_LAYOUTS:
-            raise ValueError(
+            raise ConfigError(
                 f"model.param_layout must be one of {PARAM_LAYOUTS}, got {self.param_layout!r}."
             )
-        if self.beta_w < 0 or self.beta_r < 0:
-            raise ValueError(
+        if not (np.isfinite(self.beta_w) and np.isfinite(self.beta_r)) or self.beta_w < 0 \
+                or self.beta_r < 0:
+            raise ConfigError(
                 f"loss.beta_w and loss.beta_r must be >= 0, got {self.beta_w}, {self.beta_r}."
             )
         if self.kind == "distill" and not self.teacher:
-            raise ValueError("loss.kind='distill' needs loss.teacher: the workdir of a trained "
-                             "consensus run, e.g. --config.loss.teacher=work_dirs/ct_quick/"
-                             "consensus.")
+            raise ConfigError("loss.kind='distill' needs loss.teacher: the workdir of a trained "
+                              "consensus run, e.g. --config.loss.teacher=work_dirs/ct_quick/"
+                              "consensus.")
         if self.kind != "consensus" and self.beta_r:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.beta_r={self.beta_r} only applies to loss.kind='consensus' (Eq. 11 needs "
                 f"z of Eq. 9); set loss.beta_r=0 for {self.kind!r}."
             )
@@ -178,10 +180,10 @@ def make_optimizer(learning_rate: float, schedule: str = "constant",
         return optax.adam(learning_rate)
     if schedule == "cosine":
         if total_steps is None or total_steps < 1:
-            raise ValueError(f"optim.schedule='cosine' needs the run's total steps (>= 1), got "
-                             f"{total_steps}.")
+            raise ConfigError(f"optim.schedule='cosine' needs the run's total steps (>= 1), got "
+                              f"{total_steps}.")
         return optax.adam(optax.cosine_decay_schedule(learning_rate, total_steps))
-    raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {schedule!r}.")
+    raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {schedule!r}.")
 
 
 def create_train_state(method: Method, optimizer: optax.GradientTransformation,
@@ -441,6 +443,6 @@ def check_finite(metrics: Mapping[str, Any], step: int, last_checkpoint: int | N
         if not jnp.isfinite(value):
             kept = (f"the checkpoint of step {last_checkpoint} is kept and a rerun resumes from "
                     "it" if last_checkpoint else "no checkpoint had been saved yet")
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"Loss term {name!r} is {float(value)} at step {step}. Lower optim.learning_rate "
                 f"or check the input data for NaN/inf; {kept}.")

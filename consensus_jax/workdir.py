@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+
+from consensus_jax.errors import MissingRunError, RunError
 
 
 def keep_previous(path: Path) -> Path | None:
@@ -155,7 +158,7 @@ def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
                 if k not in RUNTIME_KEYS and stored.get(k) != current.get(k)}
         if diff and not allow_config_change:
             lines = "\n".join(f"  {k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(
+            raise RunError(
                 f"{workdir} holds a run with a different config:\n{lines}\nUse a new --workdir, "
                 "or pass --allow_config_change to continue this run with the new values."
             )
@@ -166,19 +169,36 @@ def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
     return True
 
 
-def store_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Writes ``config`` as the run's config.json (atomically)."""
+#: One JSON line per config change of a run (``--allow_config_change``): the step from which
+#: the new values apply, the date and each changed key's old and new value.
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def store_config(workdir: Path, config: ml_collections.ConfigDict, step: int = 0) -> None:
+    """Writes ``config`` as the run's config.json (atomically). When it replaces a different
+    stored config, the change and ``step`` (the first step trained with the new values) are
+    appended to config_history.jsonl first."""
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write(workdir / "config.json", json.dumps(flatten_config(config), indent=2,
-                                                     sort_keys=True))
+    path, current = workdir / "config.json", flatten_config(config)
+    if path.exists():
+        stored = _read_stored(path)
+        diff = {k: [stored.get(k), current.get(k)] for k in sorted(set(stored) | set(current))
+                if stored.get(k) != current.get(k)}
+        if diff:
+            history = workdir / CONFIG_HISTORY
+            old = history.read_text() if history.exists() else ""
+            record = {"step": int(step), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "changed": diff}
+            atomic_write(history, old + json.dumps(record, default=str) + "\n")
+    atomic_write(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config stored beside a run's checkpoints, as a ConfigDict."""
     path = Path(workdir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir (train.py "
-                                "writes config.json there when it starts).")
+        raise MissingRunError(f"{path} not found: {workdir} is not a training workdir (train.py "
+                              "writes config.json there when it starts).")
     nested: dict[str, Any] = {}
     for key, value in _read_stored(path).items():
         node = nested
@@ -275,10 +295,11 @@ def restore_latest_intact(directory: Path, steps: list[int], target: Any) -> tup
                           f"and the run resumes from step {step}.", stacklevel=2)
         return state, step
     step, err = failed[0]
-    raise ValueError(f"No checkpoint in {directory} (steps {sorted(steps)}) restores into this "
-                     f"run's state; the newest (step {step}) fails with {type(err).__name__}: "
-                     f"{str(err)[:500]}. If the config changed the model's shapes, use a new "
-                     "--workdir.") from err
+    first_line = (str(err).strip().splitlines() or [""])[0][:300]
+    raise RunError(f"No checkpoint in {directory} (steps {sorted(steps)}) restores into this "
+                   f"run's state; the newest (step {step}) fails with {type(err).__name__}: "
+                   f"{first_line} If the config changed the model's shapes, use a new "
+                   "--workdir (--verbose shows the whole error).") from err
 
 
 def restore_params(directory: Path, step: int, params_shapes: Any, sharding: Any,

@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from consensus_jax.errors import ConfigError
+
 
 def check_reused_dataset(data_dir: str | Path, expected: dict[str, Any]) -> None:
     """Stop if a finished dataset in ``data_dir`` was built from other settings than the preset
@@ -20,7 +22,7 @@ def check_reused_dataset(data_dir: str | Path, expected: dict[str, Any]) -> None
     if changed:
         lines = "\n".join(f"  {k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}"
                           for k in changed)
-        raise SystemExit(
+        raise ConfigError(
             f"The finished dataset in {data_dir} was built with other settings than this "
             f"config has now:\n{lines}\nMove or delete that folder to rebuild it, or pass "
             "--config.name=<new name> to build the new settings beside it.")

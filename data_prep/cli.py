@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_dict, config_flags
 
+from consensus_jax import errors
+from consensus_jax.errors import ConfigError, MissingInputError, UserError
 from consensus_jax.workdir import atomic_write
 from data_prep import check_reused_dataset
 
@@ -96,8 +98,8 @@ def preset_config(presets: dict[str, Any], preset: str) -> ml_collections.Config
     """``presets[preset]`` as a ConfigDict: its name and dataset settings (``get_config`` of
     configs/data/*.py). None-valued fields are typed placeholders, so they can be overridden."""
     if preset not in presets:
-        raise ValueError(f"Unknown data preset {preset!r}: choose one of {sorted(presets)}, e.g. "
-                         f"--config=quick.")
+        raise ConfigError(f"Unknown data preset {preset!r}: choose one of {sorted(presets)}, e.g. "
+                          f"--config=quick.")
     builder_config = presets[preset]
     values: dict[str, Any] = {"name": builder_config.name}
     for field in data_fields(type(builder_config)):
@@ -130,7 +132,7 @@ def builder_config(modality: Modality, config: ml_collections.ConfigDict,
         changed = changes(name)
         if changed:
             lines = "\n".join(f"  {k}: preset {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            raise SystemExit(
+            raise ConfigError(
                 f"--config: these settings differ from the {name!r} preset:\n{lines}\nGive the "
                 f"changed config a new name (not one of {sorted(presets)}), e.g. "
                 f"--config.name={name}_{next(iter(changed))}, so datasets with different "
@@ -138,8 +140,8 @@ def builder_config(modality: Modality, config: ml_collections.ConfigDict,
         return presets[name]
     same = [p for p in presets if not changes(p)]
     if same:
-        raise SystemExit(f"--config.name={name}: the settings are the {same[0]!r} preset's; drop "
-                         f"--config.name to build or reuse that preset.")
+        raise ConfigError(f"--config.name={name}: the settings are the {same[0]!r} preset's; drop "
+                          f"--config.name to build or reuse that preset.")
     base = preset if preset in presets else DEFAULT_PRESET
     changed = {k: b for k, (_, b) in changes(base).items()}
     new = dataclasses.replace(presets[base], name=name, description=f"{base} with {changed}",
@@ -149,7 +151,7 @@ def builder_config(modality: Modality, config: ml_collections.ConfigDict,
         if hasattr(new, "validate"):
             new.validate()
     except ValueError as err:
-        raise SystemExit(f"--config.name={name}: {err}") from None
+        raise ConfigError(f"--config.name={name}: {err}") from None
     return new
 
 
@@ -242,7 +244,7 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]
     except (AttributeError, KeyError) as err:  # config_flags: --config.<not a field>
         field = str(err).strip("'\"")
         message = f"--config.{field}: the data config has no field {field!r}."
-    raise SystemExit(f"{message}\nPass --helpfull to see the flags.") from None
+    raise ConfigError(f"{message}\nPass --helpfull to see the flags.") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -266,8 +268,10 @@ def build(modality: Modality, config, data_dir: str | Path, manual_dir: Path | N
         try:
             # Checks the sources (files, packages) before TFDS starts writing.
             lib.list_patients(config, manual_dir)
+        except UserError as err:  # bad files keep their type (and exit status)
+            raise type(err)(f"--config={config.name}: {err}") from None
         except (FileNotFoundError, ImportError, ValueError) as err:
-            raise SystemExit(f"--config={config.name}: {err}") from None
+            raise ConfigError(f"--config={config.name}: {err}") from None
     t0 = time.time()
     download_config = tfds.download.DownloadConfig(
         manual_dir=str(manual_dir) if manual_dir else None)
@@ -294,7 +298,7 @@ def run(modality: Modality, flag_values: flags.FlagValues) -> int:
         return 0
     manual_dir = Path(flag_values.manual_dir) if flag_values.manual_dir else None
     if manual_dir is not None and not manual_dir.is_dir():
-        raise SystemExit(f"--manual_dir {manual_dir} is not a folder.")
+        raise MissingInputError(f"--manual_dir {manual_dir} is not a folder.")
     builder = build(modality, config, flag_values.data_dir, manual_dir)
     print(modality.describe(report(builder, modality.split_report)))
     if modality.after_build:
@@ -312,7 +316,7 @@ def main(modality: Modality, argv: Sequence[str] | None = None) -> int:
     define_flags(modality, flag_values, argv)
     rest = parse_flags(flag_values, argv)
     if len(rest) > 1:
-        raise SystemExit(f"Unexpected arguments: {rest[1:]}")
+        raise ConfigError(f"Unexpected arguments: {rest[1:]}")
     return run(modality, flag_values)
 
 
@@ -327,8 +331,8 @@ def start(modality: Modality) -> None:
 
     def main_(rest: list[str]) -> int:
         if len(rest) > 1:
-            raise app.UsageError(f"Unexpected arguments: {rest[1:]}")
+            raise ConfigError(f"Unexpected arguments: {rest[1:]}")
         logging.set_verbosity(logging.WARNING)  # app.run's default, INFO, shows TFDS's logs
         return run(modality, flags.FLAGS)
 
-    app.run(main_, argv=argv, flags_parser=lambda args: parse_flags(flags.FLAGS, args))
+    errors.run_absl(main_, argv=argv, flags_parser=lambda args: parse_flags(flags.FLAGS, args))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from absl import flags
 
+from consensus_jax.errors import ConfigError
 from data_prep import cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -169,7 +170,7 @@ def calibrate(config, photons: list[float], slices_per_patient: int | None = Non
     )
 
     if config.source != "phantom":
-        raise SystemExit("--calibrate uses the built-in virtual patients (source=phantom).")
+        raise ConfigError("--calibrate uses the built-in virtual patients (source=phantom).")
     geometry = config.scan_geometry()
     mask = np.ones(geometry.image.shape, bool)
     # Training and test patients only, so that the figures of presets made before the
@@ -225,7 +226,7 @@ def _tv_baselines(builder, manual_dir: Path | None, flag_values: flags.FlagValue
 
 CT = cli.Modality(
     name="ct", builder_module="data_prep.ct_consensus.ct_consensus_dataset_builder",
-    split_report=split_report, describe=_describe, define_flags=_define_flags,
+    split_report=split_report, describe=_describe, define_flags=_define_flags, check_sources=True,
     before_build=cli.calibrate_before_build(calibrate, "photons"), after_build=_tv_baselines)
 
 

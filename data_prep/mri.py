@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from consensus_jax.errors import ConfigError
 from data_prep import cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -135,8 +136,8 @@ def calibrate(config, snrs: list[float], slices_per_patient: int | None = None) 
     )
 
     if config.source == "fastmri":
-        raise SystemExit("--calibrate simulates the acquisition: use a built-in source "
-                         "(phantom or mni), not measured fastMRI data.")
+        raise ConfigError("--calibrate simulates the acquisition: use a built-in source "
+                          "(phantom or mni), not measured fastMRI data.")
     recon = config.reconstruction()
     patients = [p for p in list_patients(config, None) if p.split in ("train", "test")]
     slices = []

@@ -13,6 +13,8 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from consensus_jax.errors import ConfigError
+
 #: Version of both builders' datasets (1.1.0: the validation split).
 VERSION = "1.1.0"
 
@@ -41,8 +43,8 @@ def split_of(index: int, num_train: int, num_test: int) -> str:
 def check_patient_counts(num_train: int, num_test: int, num_validation: int) -> None:
     """Raises ValueError unless there is at least one training and one test patient."""
     if num_train < 1 or num_test < 1 or num_validation < 0:
-        raise ValueError(f"Need >= 1 training, >= 1 test and >= 0 validation patients, got "
-                         f"{num_train}, {num_test} and {num_validation}.")
+        raise ConfigError(f"Need >= 1 training, >= 1 test and >= 0 validation patients, got "
+                          f"{num_train}, {num_test} and {num_validation}.")
 
 
 def used_splits(num_validation: int) -> tuple[str, ...]:

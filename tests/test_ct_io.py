@@ -133,8 +133,13 @@ def test_reads_pydicom_ct_small(tmp_path):
     assert -1000 < v.hu.min() < -800 and v.hu.max() > 1000
 
 
+def _ramp(shape):
+    """Stored values of a slice that holds an image (not one value everywhere)."""
+    return np.arange(np.prod(shape)).reshape(shape).astype(np.int16)
+
+
 def one_good(folder, name="ok.dcm", **kw):
-    write_ct(folder / name, np.zeros((4, 4), np.int16), **kw)
+    write_ct(folder / name, _ramp((4, 4)), **kw)
 
 
 @pytest.mark.parametrize("case, kw, words", [
@@ -155,7 +160,7 @@ def test_dicom_errors_name_the_file_and_the_fix(tmp_path, case, kw, words):
     one_good(folder, z=0.0)
     shape = kw.pop("shape", (4, 4))
     kw.setdefault("z", 3.0)
-    write_ct(folder / "bad.dcm", np.zeros(shape, np.int16), **kw)
+    write_ct(folder / "bad.dcm", _ramp(shape), **kw)
     with pytest.raises(ValueError) as err:
         io.read_dicom_patients(tmp_path)
     message = str(err.value)
@@ -167,11 +172,11 @@ def test_dicom_errors_name_the_file_and_the_fix(tmp_path, case, kw, words):
 
 
 def test_missing_rescale_can_be_supplied_with_a_warning(tmp_path):
-    write_ct(tmp_path / "p" / "a.dcm", np.full((4, 4), 24, np.int16),
+    write_ct(tmp_path / "p" / "a.dcm", _ramp((4, 4)) + 24,
              drop=("RescaleSlope", "RescaleIntercept"))
     with pytest.warns(UserWarning, match="RescaleSlope and RescaleIntercept missing"):
         vol = io.read_dicom_patients(tmp_path, missing_rescale=(1.0, -1024.0))
-    np.testing.assert_array_equal(vol["p"].hu, np.full((1, 4, 4), -1000.0))
+    np.testing.assert_array_equal(vol["p"].hu, _ramp((1, 4, 4)) - 1000.0)
 
 
 def test_missing_folders_and_files(tmp_path):
@@ -227,9 +232,11 @@ def test_numpy_round_trips(tmp_path):
     (np.zeros(5), ["1 dims", "[S, H, W]"]),
     (np.zeros((2, 2, 3, 3)), ["4 dims"]),
     (np.where(np.eye(4) > 0, np.nan, -1000.0), ["non-finite", "NaN"]),
-    (np.full((4, 4), 0.02), ["does not look like HU", "HU = 1000"]),
+    (np.linspace(0.01, 0.03, 16).reshape(4, 4), ["does not look like HU", "HU = 1000"]),
     (np.linspace(0.0, 1.0, 16).reshape(4, 4), ["does not look like HU"]),
-    (np.linspace(-1000.0, 1000.0, 16).reshape(4, 4) * 1e30, ["does not look like HU"]),
+    (np.linspace(-1000.0, 1000.0, 16).reshape(4, 4) * 1e30, ["beyond what a scanner stores"]),
+    (np.stack([np.linspace(-1000.0, 500.0, 16).reshape(4, 4), np.zeros((4, 4))]),
+     ["slice 1", "every pixel is 0 HU", "holds no image"]),
 ])
 def test_numpy_errors(tmp_path, array, words):
     path = tmp_path / "bad.npy"
@@ -252,7 +259,7 @@ def test_numpy_file_errors(tmp_path):
     (tmp_path / "img.png").write_bytes(b"\x89PNG")
     with pytest.raises(ValueError, match="unsupported suffix"):
         io.read_numpy_stack(tmp_path / "img.png")
-    soft = np.full((4, 4), 40.0)
+    soft = np.full((4, 4), 40.0) + np.eye(4)
     np.save(tmp_path / "soft.npy", soft)
     np.testing.assert_array_equal(io.read_numpy_stack(tmp_path / "soft.npy",
                                                       check_hu=False).hu[0], soft)

@@ -8,6 +8,7 @@ import pytest
 
 from configs.data import ct as data_config
 from consensus_jax import input_pipeline
+from consensus_jax.errors import ConfigError, UserError
 from data_prep import cli
 from data_prep import ct as prep
 from data_prep.ct_consensus import ct_consensus_dataset_builder as builder_lib
@@ -84,14 +85,14 @@ def test_interrupted_build_never_loads_as_complete(tmp_path, monkeypatch):
 
 
 def test_changed_presets_need_a_new_name(tmp_path):
-    with pytest.raises(SystemExit, match=r"photons_per_ray: preset 13000.0, now 1000.0"):
+    with pytest.raises(ConfigError, match=r"photons_per_ray: preset 13000.0, now 1000.0"):
         _config(photons_per_ray=1e3)
     cfg = _config(photons_per_ray=1e3, name="tiny_lowdose")
     assert cfg.photons_per_ray == 1e3 and cfg.name == "tiny_lowdose"
     assert cfg.description == "tiny with {'photons_per_ray': 1000.0}"
     assert cfg.version == builder_lib.PRESETS["tiny"].version
     assert _config() is builder_lib.PRESETS["tiny"]
-    with pytest.raises(SystemExit, match="the settings are the 'tiny' preset's"):
+    with pytest.raises(ConfigError, match="the settings are the 'tiny' preset's"):
         _config(name="tiny_again")
     # Through the command line: short and long spellings, and one message per error.
     for argv, match in [
@@ -100,7 +101,7 @@ def test_changed_presets_need_a_new_name(tmp_path):
             (["--config=huge"], r"Unknown data preset 'huge': choose one of \['dicom', "),
             (["--config=configs/data/ct.py:huge"], "Unknown data preset 'huge'"),
             (["--config=tiny", f"--manual_dir={tmp_path / 'none'}"], "is not a folder")]:
-        with pytest.raises(SystemExit, match=match) as err:
+        with pytest.raises(UserError, match=match) as err:  # config or a missing folder
             prep.main([*argv, f"--data_dir={tmp_path}"])
         assert "Traceback" not in str(err.value)
 
@@ -131,7 +132,8 @@ def test_reuse_refuses_a_dataset_built_with_other_settings(tiny_ct_data_dir):
     folder = tiny_ct_data_dir / "ct_consensus" / "tiny" / VERSION
     check_reused_dataset(folder, config.metadata())  # what the builder wrote: accepted
     changed = _config(photons_per_ray=1e4, name="tiny_i0")
-    with pytest.raises(SystemExit, match=r"photons_per_ray_full_dose: stored 13000.0, now 10000.0"):
+    with pytest.raises(ConfigError,
+                       match=r"photons_per_ray_full_dose: stored 13000.0, now 10000.0"):
         check_reused_dataset(folder, changed.metadata())
 
 
@@ -172,5 +174,5 @@ def test_extra_training_patients_leave_every_other_patient_unchanged():
 def test_calibrate_cli_rejects_bad_photons():
     from data_prep import ct as prep
 
-    with pytest.raises(SystemExit, match="--photons: positive numbers"):
+    with pytest.raises(ConfigError, match="--photons: positive numbers"):
         prep.main(["--config=tiny", "--calibrate", "--photons=1e4,zero"])

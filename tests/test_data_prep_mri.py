@@ -11,6 +11,7 @@ import pytest
 
 from configs.data import mri as data_config
 from consensus_jax import input_pipeline
+from consensus_jax.errors import ConfigError, MissingInputError
 from consensus_jax.mri.simulate import simulate_slice
 from data_prep import cli
 from data_prep import mri as prep
@@ -132,21 +133,21 @@ def test_interrupted_build_never_loads_as_complete(tmp_path, monkeypatch):
 
 
 def test_changed_configs_and_source_errors(tmp_path, monkeypatch):
-    with pytest.raises(SystemExit, match="differ from the 'tiny' preset"):
+    with pytest.raises(ConfigError, match="differ from the 'tiny' preset"):
         _config(snr=30.0)
     cfg = _config(snr=30.0, mask_convention="fastmri", name="tiny_snr30")
     assert cfg.snr == 30 and cfg.mask_convention == "fastmri" and cfg.name == "tiny_snr30"
-    with pytest.raises(SystemExit, match="no field 'coils'"):
+    with pytest.raises(ConfigError, match="no field 'coils'"):
         prep.main(["--config=tiny", "--config.coils=3", "--config.name=x"])
-    with pytest.raises(SystemExit, match="square"):
+    with pytest.raises(ConfigError, match="square"):
         _config(width_px=48, name="x")
-    with pytest.raises(SystemExit, match="square"):
+    with pytest.raises(ConfigError, match="square"):
         prep.main(["--config=configs/data/mri.py:tiny", "--config.width_px=48",
                    "--config.name=x", f"--data_dir={tmp_path}"])
-    with pytest.raises(SystemExit, match="--manual_dir"):
+    with pytest.raises(MissingInputError, match="--manual_dir"):
         prep.main(["--config=fastmri", f"--data_dir={tmp_path}"])
     monkeypatch.setitem(sys.modules, "nilearn", None)
-    with pytest.raises(SystemExit, match=r"pip install -e \.\[mri-data\]"):
+    with pytest.raises(ConfigError, match=r"pip install -e \.\[mri-data\]"):
         prep.main(["--config=mni", f"--data_dir={tmp_path}"])
 
 

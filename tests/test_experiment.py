@@ -171,9 +171,12 @@ def test_a_change_that_fails_or_trains_nothing_leaves_the_stored_config(referenc
     # A finished run is not relabelled with settings it was never trained with.
     experiment.fit(_config(loss__beta_r=0.0), run, allow_config_change=True)
     assert (run / "config.json").read_bytes() == stored
-    # Training further stores the new config.
+    assert not (run / wd.CONFIG_HISTORY).exists()
+    # Training further stores the new config, and the change with the step it applies from.
     experiment.fit(_config(train__num_steps=13), run, allow_config_change=True)
     assert json.loads((run / "config.json").read_text())["train.num_steps"] == 13
+    (change,) = [json.loads(line) for line in (run / wd.CONFIG_HISTORY).open()]
+    assert change["step"] == 12 and change["changed"] == {"train.num_steps": [12, 13]}
 
 
 @pytest.mark.parametrize("key, value, match", [

@@ -78,7 +78,7 @@ def test_export_refuses_to_overwrite_and_names_the_problem(runs, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         cj_export.write(*parts, folder)
     assert (folder / "params.npz").read_bytes() == before
-    assert cj_export.main(["export", f"--workdir={runs['noise2noise']}", f"--out={folder}"]) == 1
+    assert cj_export.main(["export", f"--workdir={runs['noise2noise']}", f"--out={folder}"]) == 5
     assert not list(tmp_path.glob(".model-*"))  # no temporary folder left behind
     with pytest.raises(FileNotFoundError, match="neither an exported model"):
         cj_export.load(tmp_path)
@@ -158,12 +158,12 @@ def test_denoise_cli_refuses_overwrite_pairs_and_unusual_input(runs, tmp_path, c
     out.mkdir()
     (out / "keep.txt").write_text("earlier result")
     args = ["denoise", f"--model={runs['noise2noise']}", f"--input={source}", f"--output={out}"]
-    assert denoise.main(args) == 1
+    assert denoise.main(args) == 5  # errors.OutputExistsError
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "earlier result"
     pair = ["denoise", f"--model={runs['consensus']}", f"--input={source}",
             f"--output={tmp_path / 'pair_out'}"]
-    assert denoise.main(pair) == 1
+    assert denoise.main(pair) == 3  # errors.InputError
     assert "Distil it" in capsys.readouterr().err and not (tmp_path / "pair_out").exists()
     # Values that cannot be HU, and a pixel spacing far from the training data's.
     model = cj_export.load(runs["noise2noise"])

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from consensus_jax.errors import ConfigError
 from consensus_jax.mri.calibration import baseline_errors, interpolate_snr
 from consensus_jax.mri.masks import Undersampling
 from consensus_jax.mri.pipeline import ConsensusMRIConfig
@@ -69,5 +70,5 @@ def test_calibrate_cli_prints_the_table(capsys):
 def test_calibrate_cli_rejects_bad_snrs():
     from data_prep import mri
 
-    with pytest.raises(SystemExit, match="--snrs: positive numbers"):
+    with pytest.raises(ConfigError, match="--snrs: positive numbers"):
         mri.main(["--config=tiny", "--calibrate", "--snrs=30,-1"])

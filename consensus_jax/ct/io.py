@@ -14,14 +14,19 @@ uses it for those files with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from consensus_jax.errors import InputError, MissingInputError, UserError
 
 AIR_HU = -1000.0
 
@@ -89,17 +94,17 @@ def read_dicom_patients(root: str | Path, *,
     """
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"DICOM folder {root} does not exist; pass the folder that holds one sub-folder per "
             "patient (each with that patient's CT series).")
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{root} is a file, not a folder; pass the folder that holds one sub-folder per "
             "patient (each with that patient's CT series).")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         if not any(p.is_file() for p in root.iterdir()):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{root} is empty; it should hold one sub-folder per patient with the DICOM "
                 "files of that patient's CT series.")
         folders = [root]
@@ -114,21 +119,39 @@ def read_dicom_series(folder: str | Path, *,
     """Read the one CT series of a single patient folder (see ``read_dicom_patients``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"Patient folder {folder} does not exist or is not a folder; "
+        raise MissingInputError(f"Patient folder {folder} does not exist or is not a folder; "
                                 "pass a folder holding one patient's CT series.")
     return _read_series(folder, missing_rescale)
 
 
+@contextlib.contextmanager
+def _malformed_fields(path: Path) -> Iterator[None]:
+    """Turns an error from a header field or pixel data of an unexpected form (a string where
+    a number belongs, a single value where a list does, a pixel buffer of the wrong size) into
+    an InputError naming ``path``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError, RuntimeError,
+            struct.error) as err:  # RuntimeError: pydicom's own (e.g. BytesLengthException)
+        raise InputError(f"{path}: a header field or the pixel data has an unexpected form "
+                         f"({type(err).__name__}: {str(err)[:200]}). Re-export the file, or "
+                         "remove it from the patient folder.") from err
+
+
 def _read_dicom(path: Path) -> pydicom.Dataset:
     """A DICOM file, also one written without the 128-byte preamble and "DICM" marker (which
-    pydicom reads only when forced); anything else raises InvalidDicomError."""
-    try:
-        return pydicom.dcmread(path)
-    except InvalidDicomError:
-        ds = pydicom.dcmread(path, force=True)
-        if "SOPClassUID" not in ds and "PixelData" not in ds:
-            raise
-        return ds
+    pydicom reads only when forced); a file that is not DICOM raises InvalidDicomError, a
+    damaged one InputError."""
+    with _malformed_fields(path):
+        try:
+            return pydicom.dcmread(path)
+        except InvalidDicomError:
+            ds = pydicom.dcmread(path, force=True)
+            if "SOPClassUID" not in ds and "PixelData" not in ds:
+                raise
+            return ds
 
 
 def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
@@ -141,8 +164,9 @@ def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
         except (InvalidDicomError, EOFError, OSError):
             skipped.append(path.name)
             continue
-        if str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP_CLASS or path.name == "DICOMDIR":
-            continue
+        with _malformed_fields(path):  # a damaged DICOM file: refused, by name
+            if str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP_CLASS or path.name == "DICOMDIR":
+                continue
         found.append((path, ds))
     if skipped and found:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5
@@ -150,7 +174,7 @@ def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
         warnings.warn(f"{folder}: {len(skipped)} file(s) are not DICOM and were skipped: "
                       f"{shown}.", stacklevel=4)
     if not found:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"No DICOM files in patient folder {folder} ({len(files)} files, none readable as "
             "DICOM); put that patient's CT series (.dcm/.IMA files) in it or remove the folder.")
     return found
@@ -158,47 +182,55 @@ def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
 
 def _check_image(path: Path, ds: pydicom.Dataset) -> None:
     modality = ds.get("Modality")
+    if modality is None and "PixelData" not in ds:
+        raise InputError(
+            f"{path}: a DICOM file ({path.stat().st_size} bytes) without Modality (0008,0060) or "
+            "pixel data: truncated, or not an image. Re-export it from the scanner or PACS, or "
+            "remove it from the patient folder.")
     if modality != "CT":
-        raise ValueError(
+        raise InputError(
             f"{path}: Modality (0008,0060) is {modality!r}, expected 'CT'; this reader takes CT "
             "image series only. Remove non-CT files (e.g. RTSTRUCT, SR, PET, MR) from the "
             "patient folder.")
     image_type = [str(v).upper() for v in ds.get("ImageType", [])]
     if "LOCALIZER" in image_type:
-        raise ValueError(
+        raise InputError(
             f"{path}: ImageType (0008,0008) {image_type} marks a localizer (scout) image; "
             "remove it from the patient folder and keep only the axial series.")
     if "PixelData" not in ds:
-        raise ValueError(
+        raise InputError(
             f"{path}: no PixelData (7FE0,0010); the file holds no image (a report or index?). "
             "Remove it from the patient folder.")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
-        raise ValueError(
+        raise InputError(
             f"{path}: NumberOfFrames (0028,0008) is {frames}; enhanced multi-frame CT is not "
             "supported. Convert the series to single-frame files (e.g. `dcm2niix` or "
             "`emf2sf` from dcm4che) first.")
     if ds.get("SamplesPerPixel", 1) != 1 or ds.get("PhotometricInterpretation",
                                                    "MONOCHROME2") not in ("MONOCHROME1",
                                                                           "MONOCHROME2"):
-        raise ValueError(
+        raise InputError(
             f"{path}: SamplesPerPixel={ds.get('SamplesPerPixel')} / PhotometricInterpretation="
             f"{ds.get('PhotometricInterpretation')!r}; CT images must be single-channel "
             "MONOCHROME. Remove colour images (secondary captures, screenshots) from the folder.")
     for tag in ("Rows", "Columns", "PixelSpacing"):
         if tag not in ds:
-            raise ValueError(f"{path}: required tag {tag} is missing; the file is not a usable "
+            raise InputError(f"{path}: required tag {tag} is missing; the file is not a usable "
                              "CT image. Remove it or repair its header.")
-    spacing = [float(v) for v in ds.PixelSpacing]
+    spacing = [float(v) for v in np.atleast_1d(ds.PixelSpacing)]
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(f"{path}: PixelSpacing (0028,0030) is {spacing} mm; it must be two "
+                         "positive numbers. Repair the header.")
     if len(spacing) != 2 or not np.isclose(spacing[0], spacing[1], rtol=1e-3):
-        raise ValueError(
+        raise InputError(
             f"{path}: PixelSpacing (0028,0030) is {spacing} mm (row, column): pixels are not "
             "square. Resample the series to square pixels first.")
     orientation = ds.get("ImageOrientationPatient")
     if orientation is not None and len(orientation) == 6:
         normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
         if abs(normal[2]) < 0.9:
-            raise ValueError(
+            raise InputError(
                 f"{path}: ImageOrientationPatient (0020,0037) {list(map(float, orientation))} is "
                 "not axial; this reader expects axial CT slices. Use the axial series.")
 
@@ -210,12 +242,12 @@ def _decode(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     except (RuntimeError, NotImplementedError, ValueError) as err:
         if syntax is not None and syntax.is_compressed:
             plugin = _DECODERS.get(str(syntax), _ANY_DECODER)
-            raise ValueError(
+            raise InputError(
                 f"{path}: cannot decode compressed pixel data (TransferSyntaxUID {syntax} = "
                 f"{syntax.name}). Install a pydicom decoder plugin: {plugin}; or decompress the "
                 "files first, e.g. `gdcmconv --raw in.dcm out.dcm` or dcmtk's `dcmdjpeg`/"
                 f"`dcmdjpls`. pydicom said: {err}") from err
-        raise ValueError(f"{path}: cannot read pixel data ({err}); the file may be truncated or "
+        raise InputError(f"{path}: cannot read pixel data ({err}); the file may be truncated or "
                          "damaged. Re-export or remove it.") from err
 
 
@@ -225,7 +257,7 @@ def _rescale(path: Path, ds: pydicom.Dataset,
     if not missing:
         return float(ds.RescaleSlope), float(ds.RescaleIntercept)
     if missing_rescale is None:
-        raise ValueError(
+        raise InputError(
             f"{path}: {' and '.join(missing)} (0028,1053/0028,1052) missing, so stored values "
             "cannot be converted to HU. If you know the encoding, pass missing_rescale=(slope, "
             "intercept) to read_dicom_patients, e.g. (1.0, -1024.0) when stored 0 is -1024 HU "
@@ -240,66 +272,110 @@ def _rescale(path: Path, ds: pydicom.Dataset,
 def _read_series(folder: Path, missing_rescale: tuple[float, float] | None) -> Volume:
     items = _dicom_files(folder)
     for path, ds in items:
-        _check_image(path, ds)
+        with _malformed_fields(path):
+            _check_image(path, ds)
     series: dict[str, list[Path]] = {}
     for path, ds in items:
-        series.setdefault(str(ds.get("SeriesInstanceUID", "<none>")), []).append(path)
+        with _malformed_fields(path):
+            series.setdefault(str(ds.get("SeriesInstanceUID", "<none>")), []).append(path)
     if len(series) > 1:
         listing = "; ".join(f"{uid}: {len(paths)} files, e.g. {paths[0].name}"
                             for uid, paths in series.items())
-        raise ValueError(
+        raise InputError(
             f"Patient folder {folder} mixes {len(series)} series (SeriesInstanceUID {listing}). "
             "Keep one series per patient folder: move the others (e.g. the low-dose or "
             "localizer series) into their own folders or delete them.")
     first_path, first = items[0]
-    shape = (int(first.Rows), int(first.Columns))
-    spacing = float(first.PixelSpacing[0])
+    with _malformed_fields(first_path):
+        shape = (int(first.Rows), int(first.Columns))
+        spacing = float(first.PixelSpacing[0])
     for path, ds in items[1:]:
+        with _malformed_fields(path):
+            int(ds.Rows), int(ds.Columns), float(ds.PixelSpacing[0])
         if (int(ds.Rows), int(ds.Columns)) != shape:
-            raise ValueError(
+            raise InputError(
                 f"{path}: Rows x Columns is {int(ds.Rows)} x {int(ds.Columns)} but "
                 f"{first_path.name} has {shape[0]} x {shape[1]}; one series must have one image "
                 "size. Remove the odd file(s) from the patient folder.")
         if not np.isclose(float(ds.PixelSpacing[0]), spacing, rtol=1e-4):
-            raise ValueError(
+            raise InputError(
                 f"{path}: PixelSpacing is {float(ds.PixelSpacing[0])} mm but {first_path.name} "
                 f"has {spacing} mm; one series must have one pixel spacing. Remove the odd "
                 "file(s) from the patient folder.")
+    keys = []
     if all("ImagePositionPatient" in ds for _, ds in items):
-        keys = [float(ds.ImagePositionPatient[2]) for _, ds in items]
         positions = True
+        for path, ds in items:
+            with _malformed_fields(path):
+                keys.append(float(ds.ImagePositionPatient[2]))
     elif all("InstanceNumber" in ds for _, ds in items):
-        keys = [float(ds.InstanceNumber) for _, ds in items]
         positions = False
+        for path, ds in items:
+            with _malformed_fields(path):
+                keys.append(float(ds.InstanceNumber))
     else:
         bad = next(p for p, ds in items
                    if "ImagePositionPatient" not in ds and "InstanceNumber" not in ds)
-        raise ValueError(
+        raise InputError(
             f"{bad}: neither ImagePositionPatient (0020,0032) nor InstanceNumber (0020,0013) is "
             "present, so the slice order is unknown. Repair the headers (or re-export the "
             "series).")
+    if not np.isfinite(keys).all():
+        bad = items[int(np.argmin(np.isfinite(keys)))][0]
+        tag = "ImagePositionPatient[2]" if positions else "InstanceNumber"
+        raise InputError(f"{bad}: the slice position ({tag}) is not a finite number. Repair the "
+                         "header.")
     order = np.argsort(keys, kind="stable")
     sorted_keys = np.asarray(keys)[order]
     same = np.nonzero(np.diff(sorted_keys) == 0)[0]
     if same.size:
         a, b = items[order[same[0]]][0], items[order[same[0] + 1]][0]
         tag = "ImagePositionPatient[2]" if positions else "InstanceNumber"
-        raise ValueError(
+        raise InputError(
             f"{a} and {b} have the same {tag} = {sorted_keys[same[0]]}; a series has one slice "
             "per position. Remove duplicates or split repeated acquisitions into their own "
             "folders.")
     slices = []
     for i in order:
         path, ds = items[i]
-        slope, intercept = _rescale(path, ds, missing_rescale)
-        stored = _decode(path, ds)
+        with _malformed_fields(path):
+            slope, intercept = _rescale(path, ds, missing_rescale)
+        if not (np.isfinite(slope) and np.isfinite(intercept) and slope != 0):
+            raise InputError(f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept} do "
+                             "not map stored values to HU (not finite, or slope 0). Repair the "
+                             "header.")
+        with _malformed_fields(path):
+            stored = _decode(path, ds)
+            if stored.shape != shape:
+                raise InputError(f"{path}: the pixel data is {stored.shape}, not Rows x Columns "
+                                 f"= {shape}. Re-export the file.")
         slices.append((stored.astype(np.float64) * slope + intercept).astype(np.float32))
+        check_slice_values(slices[-1], str(path))
     thickness = first.get("SliceThickness")
     return Volume(
         hu=np.stack(slices), pixel_size_mm=spacing, patient_id=folder.name, source=str(folder),
         slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,
         slice_positions_mm=sorted_keys.astype(np.float64) if positions else None,
         files=tuple(str(items[i][0]) for i in order))
+
+
+#: Stored CT values beyond these (HU) are another unit or damage: scanners store -1024 .. 3071
+#: (extended scales up to about 30,000 for metal) and pad outside the field of view with at most
+#: -3024.
+PLAUSIBLE_HU = (-3100.0, 31000.0)
+
+
+def check_slice_values(hu: np.ndarray, where: str) -> None:
+    """Refuses one slice that holds no image (every pixel the same value, e.g. all zero: a
+    blank or padding slice) or values beyond ``PLAUSIBLE_HU``; ``where`` names it."""
+    lo, hi = float(np.min(hu)), float(np.max(hu))
+    if lo == hi:
+        raise InputError(f"{where}: every pixel is {lo:g} HU, so the slice holds no image (a "
+                         "blank or padding slice). Remove it from the input.")
+    if lo < PLAUSIBLE_HU[0] or hi > PLAUSIBLE_HU[1]:
+        raise InputError(f"{where}: values span [{lo:.4g}, {hi:.4g}] HU, beyond what a scanner "
+                         f"stores ({PLAUSIBLE_HU[0]:g} .. {PLAUSIBLE_HU[1]:g}); the data are "
+                         "damaged or in another unit.")
 
 
 def sample_slices(volume: Volume, n: int, seed: int) -> np.ndarray:
@@ -310,9 +386,9 @@ def sample_slices(volume: Volume, n: int, seed: int) -> np.ndarray:
     """
     total = volume.num_slices
     if n < 1:
-        raise ValueError(f"n={n}: ask for at least one slice per patient.")
+        raise InputError(f"n={n}: ask for at least one slice per patient.")
     if n > total:
-        raise ValueError(
+        raise InputError(
             f"Patient {volume.patient_id!r} ({volume.source}) has {total} slices but {n} were "
             f"requested; lower the number of slices per patient to at most {total} or leave "
             "this patient out.")
@@ -336,7 +412,7 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"NumPy file {path} does not exist (expected a .npy or .npz file "
+        raise MissingInputError(f"NumPy file {path} does not exist (expected a .npy or .npz file "
                                 "of CT images in HU).")
     suffix = path.suffix.lower()
     stored_pixel = None
@@ -347,7 +423,7 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
             names = list(archive.keys())
             if key is not None:
                 if key not in names:
-                    raise ValueError(f"{path}: no array named {key!r}; the file holds {names}. "
+                    raise InputError(f"{path}: no array named {key!r}; the file holds {names}. "
                                      "Pass one of these as key=.")
                 chosen = key
             elif "hu" in names:
@@ -355,7 +431,7 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
             else:
                 candidates = [k for k in names if k != "pixel_size_mm"]
                 if len(candidates) != 1:
-                    raise ValueError(
+                    raise InputError(
                         f"{path}: holds arrays {names} and none is named 'hu'; pass key= to "
                         "choose the images (or save them under the name 'hu').")
                 chosen = candidates[0]
@@ -363,37 +439,37 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
             if "pixel_size_mm" in names:
                 stored_pixel = np.asarray(archive["pixel_size_mm"])
     else:
-        raise ValueError(f"{path}: unsupported suffix {path.suffix!r}; save the images with "
+        raise InputError(f"{path}: unsupported suffix {path.suffix!r}; save the images with "
                          "numpy.save (.npy) or numpy.savez (.npz).")
     if stored_pixel is not None and (stored_pixel.size != 1
                                      or not np.isfinite(stored_pixel).all()
                                      or float(stored_pixel) <= 0):
-        raise ValueError(f"{path}: 'pixel_size_mm' is {stored_pixel!r}; it must be one positive "
+        raise InputError(f"{path}: 'pixel_size_mm' is {stored_pixel!r}; it must be one positive "
                          "number (mm per pixel). Fix it or pass pixel_size_mm=.")
     if pixel_size_mm is None and stored_pixel is not None:
         pixel_size_mm = float(stored_pixel)
     if pixel_size_mm is not None and not pixel_size_mm > 0:
-        raise ValueError(f"pixel_size_mm={pixel_size_mm} must be positive (mm).")
+        raise InputError(f"pixel_size_mm={pixel_size_mm} must be positive (mm).")
     if images.dtype.kind not in "iuf":
-        raise ValueError(f"{path}: array dtype is {images.dtype}; expected real numbers in HU.")
+        raise InputError(f"{path}: array dtype is {images.dtype}; expected real numbers in HU.")
     if images.ndim == 2:
         images = images[None]
     if images.ndim != 3:
-        raise ValueError(f"{path}: array shape {images.shape} has {images.ndim} dims; expected "
+        raise InputError(f"{path}: array shape {images.shape} has {images.ndim} dims; expected "
                          "[S, H, W] (a stack of slices) or [H, W] (one slice).")
     if min(images.shape) < 1:
-        raise ValueError(f"{path}: array shape {images.shape} is empty.")
+        raise InputError(f"{path}: array shape {images.shape} is empty.")
     finite = np.isfinite(images)
     if not finite.all():
         first = tuple(int(v) for v in np.argwhere(~finite)[0])
-        raise ValueError(f"{path}: {int((~finite).sum())} non-finite values (first at "
+        raise InputError(f"{path}: {int((~finite).sum())} non-finite values (first at "
                          f"[slice, row, col] = {first}); replace NaN/inf (e.g. by -1000 HU "
                          "outside the body) before reading.")
+    for i, hu in enumerate(images):
+        check_slice_values(hu, f"{path}, slice {i}")
     lo, hi = float(images.min()), float(images.max())
-    # Scanners store -1024 .. 3071 HU (extended scales up to about 30,000 for metal) and pad
-    # outside the field of view with at most -3024; anything beyond is another unit.
-    if check_hu and (hi < 10.0 or lo > -500.0 or lo < -3100.0 or hi > 31000.0):
-        raise ValueError(
+    if check_hu and (hi < 10.0 or lo > -500.0):
+        raise InputError(
             f"{path}: values span [{lo:.4g}, {hi:.4g}], which does not look like HU (air -1000, "
             "water 0, soft tissue: 20-80, bone > 300). Linear attenuation or normalised images "
             "must be converted: HU = 1000 * (mu - mu_water) / mu_water (mu_water is about "
@@ -444,9 +520,9 @@ def resample_to_grid(hu: np.ndarray, pixel_size_mm: float, size_px: int,
     """
     hu = np.asarray(hu)
     if hu.ndim not in (2, 3):
-        raise ValueError(f"hu has shape {hu.shape}; expected [H, W] or [S, H, W].")
+        raise InputError(f"hu has shape {hu.shape}; expected [H, W] or [S, H, W].")
     if not (pixel_size_mm and pixel_size_mm > 0 and grid_pixel_size_mm > 0 and size_px >= 1):
-        raise ValueError(
+        raise InputError(
             f"pixel_size_mm={pixel_size_mm}, grid_pixel_size_mm={grid_pixel_size_mm} and "
             f"size_px={size_px} must be positive; a NumPy source without a pixel size needs "
             "read_numpy_stack(..., pixel_size_mm=...).")

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from consensus_jax.errors import InputError, MissingInputError
 from consensus_jax.mri.fft import fftc, ifftc
 
 Array = jax.Array
@@ -63,13 +64,13 @@ def _strip_namespaces(root: ET.Element) -> None:
 def _int_field(root: ET.Element, path: str, source: str) -> int:
     node = root.find(path)
     if node is None or node.text is None:
-        raise ValueError(
+        raise InputError(
             f"{source}: ISMRMRD header has no '{path}'; a fastMRI multi-coil header is needed."
         )
     try:
         return int(node.text.strip())
     except ValueError as err:
-        raise ValueError(f"{source}: header field '{path}' = {node.text!r} is not an integer.") \
+        raise InputError(f"{source}: header field '{path}' = {node.text!r} is not an integer.") \
             from err
 
 
@@ -83,7 +84,7 @@ def parse_ismrmrd_header(xml: bytes | str, source: str = "ismrmrd_header") -> Fa
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as err:
-        raise ValueError(f"{source}: ismrmrd_header is not valid XML ({err}).") from err
+        raise InputError(f"{source}: ismrmrd_header is not valid XML ({err}).") from err
     _strip_namespaces(root)
     enc = "encoding/encodedSpace/matrixSize/"
     rec = "encoding/reconSpace/matrixSize/"
@@ -96,7 +97,7 @@ def parse_ismrmrd_header(xml: bytes | str, source: str = "ismrmrd_header") -> Fa
     )
     start, stop = header.acquired_columns
     if not 0 <= start < stop <= header.encoded_matrix[1]:
-        raise ValueError(
+        raise InputError(
             f"{source}: kspace_encoding_step_1 centre {header.ky_center} / maximum "
             f"{header.ky_maximum} give acquired ky columns [{start}, {stop}) outside the "
             f"encoded matrix y = {header.encoded_matrix[1]}."
@@ -131,7 +132,7 @@ def crop_readout(kspace: Array, height: int) -> Array:
     """
     kx = kspace.shape[-2]
     if height > kx:
-        raise ValueError(f"Cannot crop readout of {kx} samples to {height} rows.")
+        raise InputError(f"Cannot crop readout of {kx} samples to {height} rows.")
     image = ifftc(kspace, axes=(-2,))
     start = (kx - height) // 2
     return fftc(image[..., start:start + height, :], axes=(-2,))
@@ -142,18 +143,18 @@ def center_crop(image: Array, shape: tuple[int, int]) -> Array:
     h, w = image.shape[-2:]
     ch, cw = shape
     if ch > h or cw > w:
-        raise ValueError(f"Crop {shape} is larger than the image {(h, w)}.")
+        raise InputError(f"Crop {shape} is larger than the image {(h, w)}.")
     r0, c0 = (h - ch) // 2, (w - cw) // 2
     return image[..., r0:r0 + ch, c0:c0 + cw]
 
 
 def _open(path: str) -> h5py.File:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"fastMRI file {path!r} not found; check the path.")
+        raise MissingInputError(f"fastMRI file {path!r} not found; check the path.")
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path!r} is not a readable HDF5 file ({err}).") from err
+        raise InputError(f"{path!r} is not a readable HDF5 file ({err}).") from err
 
 
 def read_fastmri_header(path: str | os.PathLike) -> tuple[FastMRIHeader, int, tuple[int, ...]]:
@@ -168,32 +169,32 @@ def read_fastmri_header(path: str | os.PathLike) -> tuple[FastMRIHeader, int, tu
     with _open(path) as f:
         for name in ("kspace", "ismrmrd_header"):
             if name not in f:
-                raise ValueError(
+                raise InputError(
                     f"{path!r}: dataset '{name}' is missing (found {sorted(f.keys())}); "
                     "expected a fastMRI multi-coil file."
                 )
         ks = f["kspace"]
         if ks.ndim != 4:
-            raise ValueError(
+            raise InputError(
                 f"{path!r}: 'kspace' has shape {ks.shape}; expected 4-D [slices, coils, kx, ky] "
                 "(multi-coil). Single-coil files (3-D) have no coils for SENSE."
             )
         if ks.dtype.kind != "c":
-            raise ValueError(
+            raise InputError(
                 f"{path!r}: 'kspace' has dtype {ks.dtype}; expected complex (complex64)."
             )
         if ks.shape[0] == 0 or 0 in ks.shape[1:]:
-            raise ValueError(f"{path!r}: 'kspace' has shape {ks.shape}: no slices to read.")
+            raise InputError(f"{path!r}: 'kspace' has shape {ks.shape}: no slices to read.")
         raw = f["ismrmrd_header"][()]
         shape = tuple(int(s) for s in ks.shape)
     header = parse_ismrmrd_header(raw, source=path)
     if header.encoded_matrix[1] != shape[3]:
-        raise ValueError(
+        raise InputError(
             f"{path!r}: header encodedSpace y = {header.encoded_matrix[1]} but 'kspace' has "
             f"{shape[3]} ky columns."
         )
     if header.recon_matrix[0] > shape[2]:
-        raise ValueError(
+        raise InputError(
             f"{path!r}: header reconSpace x = {header.recon_matrix[0]} exceeds the {shape[2]} "
             "readout samples of 'kspace'."
         )
@@ -220,7 +221,7 @@ def read_fastmri_slices(path: str | os.PathLike, slices: Sequence[int] | None = 
     indices = list(range(num_slices)) if slices is None else [int(i) for i in slices]
     bad = [i for i in indices if not 0 <= i < num_slices]
     if bad:
-        raise ValueError(f"{path!r}: slice indices {bad} outside [0, {num_slices}).")
+        raise InputError(f"{path!r}: slice indices {bad} outside [0, {num_slices}).")
     crop_fn = jax.jit(crop_readout, static_argnums=1)
 
     def generate() -> Iterator[FastMRISlice]:
@@ -228,11 +229,11 @@ def read_fastmri_slices(path: str | os.PathLike, slices: Sequence[int] | None = 
             for i in indices:
                 kspace = np.asarray(f["kspace"][i]).astype(np.complex64)
                 if not np.isfinite(kspace).all():
-                    raise ValueError(f"{path!r}: slice {i} k-space holds "
+                    raise InputError(f"{path!r}: slice {i} k-space holds "
                                      f"{int((~np.isfinite(kspace)).sum())} NaN/inf values; the "
                                      "file is damaged. Remove the slice (or the file) and rerun.")
                 if not np.any(kspace):
-                    raise ValueError(f"{path!r}: slice {i} k-space is all zeros (an empty "
+                    raise InputError(f"{path!r}: slice {i} k-space is all zeros (an empty "
                                      "acquisition); remove the slice (or the file) and rerun.")
                 if crop:
                     kspace = np.asarray(crop_fn(jnp.asarray(kspace), header.recon_matrix[0]))

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from consensus_jax import features
 from consensus_jax.ct import geometry as ct_geometry
 from consensus_jax.ct import io as ct_io
+from consensus_jax.errors import ConfigError, InputError, MissingInputError
 from consensus_jax.phantoms import abdomen
 from data_prep import splits
 
@@ -99,7 +100,7 @@ class CtConfig(tfds.core.BuilderConfig):
             return ct_geometry.ParallelBeamGeometry(
                 image=grid, num_views=self.num_views, num_detectors=dets,
                 detector_spacing_mm=self.grid_pixel_size_mm, angular_range_rad=math.pi)
-        raise ValueError(f"CtConfig.geometry must be 'fan' or 'parallel', got {self.geometry!r}.")
+        raise ConfigError(f"CtConfig.geometry must be 'fan' or 'parallel', got {self.geometry!r}.")
 
     def metadata(self) -> dict[str, Any]:
         geom = self.scan_geometry()
@@ -169,7 +170,7 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
     n_all = n_listed + config.extra_train_patients
     splits.check_patient_counts(n_train, n_test, config.num_validation_patients)
     if config.extra_train_patients < 0:
-        raise ValueError(f"extra_train_patients must be >= 0, got {config.extra_train_patients}.")
+        raise ConfigError(f"extra_train_patients must be >= 0, got {config.extra_train_patients}.")
 
     def split_of(i: int) -> str:
         return "train" if i >= n_listed else splits.split_of(i, n_train, n_test)
@@ -179,15 +180,15 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
         out = []
         for i in range(n_all):
             if config.slices_per_patient > total:
-                raise ValueError(f"slices_per_patient={config.slices_per_patient} exceeds the "
-                                 f"{int(total)} slices of a virtual patient.")
+                raise ConfigError(f"slices_per_patient={config.slices_per_patient} exceeds the "
+                                  f"{int(total)} slices of a virtual patient.")
             slices = np.sort(rng.choice(int(total), config.slices_per_patient, replace=False))
             seed = 1000 * config.seed + i
             out.append(PatientSource(f"virtual-{seed:04d}", i, split_of(i),
                                      tuple(int(s) for s in slices), str(seed)))
         return out
     if manual_dir is None or not Path(manual_dir).is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"The {config.source!r} config reads your data from --manual_dir, which is "
             f"{manual_dir!r}. Point it at a folder with " +
             ("one sub-folder of DICOM files per patient." if config.source == "dicom"
@@ -198,9 +199,10 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
     elif config.source == "numpy":
         entries = sorted(p for p in root.iterdir() if p.suffix in (".npy", ".npz"))
     else:
-        raise ValueError(f"CtConfig.source must be phantom, dicom or numpy, got {config.source!r}.")
+        raise ConfigError(f"CtConfig.source must be phantom, dicom or numpy, got "
+                          f"{config.source!r}.")
     if len(entries) < n_all:
-        raise ValueError(f"{root} holds {len(entries)} patients; the config needs "
+        raise InputError(f"{root} holds {len(entries)} patients; the config needs "
                          f"{n_train} + {n_test} + {config.num_validation_patients} + "
                          f"{config.extra_train_patients} (train, test, validation, extra train). "
                          "Lower num_train_patients/num_test_patients/num_validation_patients/"

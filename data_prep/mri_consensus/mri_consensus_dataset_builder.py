@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from consensus_jax import features
+from consensus_jax.errors import ConfigError, InputError, MissingInputError
 from consensus_jax.mri.masks import Undersampling
 from consensus_jax.mri.pipeline import ConsensusMRIConfig
 from consensus_jax.mri.simulate import CoilSimulation
@@ -109,18 +110,18 @@ class MriConfig(tfds.core.BuilderConfig):
     def validate(self) -> None:
         """Raises ValueError naming the field, the bad value and the fix."""
         if self.source not in SOURCES:
-            raise ValueError(f"MriConfig.source must be one of {SOURCES}, got {self.source!r}.")
+            raise ConfigError(f"MriConfig.source must be one of {SOURCES}, got {self.source!r}.")
         if self.source != "fastmri" and self.height_px != self.width_px:
-            raise ValueError(f"The {self.source!r} source makes square images: set height_px = "
-                             f"width_px (got {self.height_px} x {self.width_px}).")
+            raise ConfigError(f"The {self.source!r} source makes square images: set height_px = "
+                              f"width_px (got {self.height_px} x {self.width_px}).")
         splits.check_patient_counts(self.num_train_patients, self.num_test_patients,
                              self.num_validation_patients)
         if self.slices_per_patient < (0 if self.source == "fastmri" else 1):
-            raise ValueError(f"slices_per_patient={self.slices_per_patient}: ask for at least one "
-                             "slice per patient (fastmri: 0 takes every slice).")
+            raise ConfigError(f"slices_per_patient={self.slices_per_patient}: ask for at least one "
+                              "slice per patient (fastmri: 0 takes every slice).")
         if self.num_center_lines >= self.width_px:
-            raise ValueError(f"num_center_lines={self.num_center_lines} leaves no outer lines of "
-                             f"the width_px={self.width_px} phase-encode columns; lower it.")
+            raise ConfigError(f"num_center_lines={self.num_center_lines} leaves no outer lines of "
+                              f"the width_px={self.width_px} phase-encode columns; lower it.")
         self.reconstruction()
         if self.source != "fastmri":
             self.coil_simulation()
@@ -230,8 +231,8 @@ def list_patients(config: MriConfig, manual_dir: Path | None) -> list[PatientSou
         z0, z1 = MNI_Z_RANGE
         n = n_all
         if n * num > z1 - z0:
-            raise ValueError(f"{n} patients x {num} slices exceed the {z1 - z0} template slices "
-                             f"z in [{z0}, {z1}); lower slices_per_patient or the patient counts.")
+            raise ConfigError(f"{n} patients x {num} slices exceed the {z1 - z0} template slices "
+                              f"z in [{z0}, {z1}); lower slices_per_patient or the patient counts.")
         edges = np.linspace(z0, z1, n + 1).round().astype(int)
         order = np.random.default_rng([config.seed, 13]).permutation(n)
         out = []
@@ -248,14 +249,14 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
     from consensus_jax.mri.fastmri import read_fastmri_header
 
     if manual_dir is None or not Path(manual_dir).is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"The 'fastmri' config reads your fastMRI multi-coil knee files from --manual_dir, "
             f"which is {manual_dir!r}. Point it at a folder with one .h5 file per patient.")
     files = sorted(Path(manual_dir).glob("*.h5"))
     n_train, n_test = config.num_train_patients, config.num_test_patients
     n_all = n_train + n_test + config.num_validation_patients
     if len(files) < n_all:
-        raise ValueError(f"{manual_dir} holds {len(files)} .h5 files; the config needs "
+        raise InputError(f"{manual_dir} holds {len(files)} .h5 files; the config needs "
                          f"{n_train} + {n_test} + {config.num_validation_patients} patients "
                          "(train, test, validation). Add files or lower num_train_patients/"
                          "num_test_patients/num_validation_patients (--config.<field>=... "
@@ -266,7 +267,7 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
         path = files[k]
         header, num_slices, _ = read_fastmri_header(path)
         if header.recon_matrix[0] != config.height_px:
-            raise ValueError(f"{path}: reconSpace x = {header.recon_matrix[0]} rows, but the "
+            raise InputError(f"{path}: reconSpace x = {header.recon_matrix[0]} rows, but the "
                              f"config has height_px={config.height_px}; rebuild with "
                              f"--config.height_px={header.recon_matrix[0]} "
                              "--config.name=<new name>.")
@@ -294,7 +295,7 @@ def fit_width_columns(num_columns: int, acquired: tuple[int, int], width: int,
     offset = width // 2 - num_columns // 2
     start, stop = acquired[0] + offset, acquired[1] + offset
     if start < 0 or stop > width:
-        raise ValueError(f"{source}: the acquired ky columns [{acquired[0]}, {acquired[1]}) of "
+        raise InputError(f"{source}: the acquired ky columns [{acquired[0]}, {acquired[1]}) of "
                          f"{num_columns} do not fit width_px={width}; rebuild with "
                          f"--config.width_px={num_columns} --config.name=<new name>.")
     return offset, (start, stop)

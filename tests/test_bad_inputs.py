@@ -1,0 +1,450 @@
+"""The bad-input catalogue: every command meets bad files, fields, values, run folders,
+checkpoints and output paths with one message and the exit status documented in
+consensus_jax/errors.py, leaves no partial output behind and never touches earlier results.
+
+Each case runs one command on one bad input: train.py, evaluate.py, ablation.py and one
+data_prep entry point as real processes (they parse absl's global flags); export, denoise and
+the other data_prep cases in this process through the same boundary their entry points use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from configs import tiny
+from consensus_jax import errors, evaluation, experiment
+from consensus_jax import export as cj_export
+from consensus_jax.denoise import main as denoise_main
+from data_prep import ct as ct_prep
+from data_prep import mri as mri_prep
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["train.py", "--config=configs/tiny.py", "--config.train.tensorboard=False",
+         "--config.train.progress=False"]
+EVALUATE = ["evaluate.py"]
+IN_PROCESS = {"export": cj_export.main, "denoise": denoise_main,
+              "prep_ct": errors.boundary(ct_prep.main), "prep_mri": errors.boundary(mri_prep.main)}
+
+
+@dataclass
+class Case:
+    id: str
+    command: str  # a script (train.py, evaluate.py, ...), "-m module", or a key of IN_PROCESS
+    args: list[str]  # {run}, {model}, {out}, {tmp} are filled in
+    code: int  # the documented exit status
+    words: list[str]  # in the one-line message
+    setup: Callable[[Path], None] | None = None  # makes the bad input under {tmp}
+    absent: list[str] = field(default_factory=list)  # outputs that must not appear
+
+
+# --- bad inputs -------------------------------------------------------------------------------
+
+def _dicom_series(folder: Path, n: int = 2, change: Callable | None = None) -> None:
+    """A small CT series from pydicom's CT slice; ``change(i, ds)`` edits slice ``i``."""
+    folder.mkdir(parents=True)
+    series = generate_uid()
+    for i in range(n):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * i]
+        if change is not None:
+            change(i, ds)
+        ds.save_as(folder / f"slice{i}.dcm", enforce_file_format=True)
+
+
+def _dicom(change: Callable) -> Callable[[Path], None]:
+    return lambda tmp: _dicom_series(tmp / "series", change=change)
+
+
+def _set(name: str, value) -> Callable:
+    return lambda i, ds: setattr(ds, name, value) if i == 1 else None
+
+
+def _blank_slice(i, ds):
+    if i == 1:
+        ds.PixelData = np.zeros((ds.Rows, ds.Columns), np.int16).tobytes()
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+
+
+def _no_rescale(i, ds):
+    if i == 1:
+        del ds.RescaleSlope
+
+
+def _truncate_pixels(tmp: Path) -> None:
+    _dicom_series(tmp / "series")
+    path = tmp / "series" / "slice1.dcm"
+    path.write_bytes(path.read_bytes()[:-4000])
+
+
+def _stub_dicom(tmp: Path) -> None:
+    _dicom_series(tmp / "series")
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    ds.PatientName = "stub"
+    ds.save_as(tmp / "series" / "stub.dcm", enforce_file_format=True)
+
+
+def _not_dicom(tmp: Path) -> None:
+    (tmp / "series").mkdir()
+    (tmp / "series" / "notes.txt").write_text("not an image")
+
+
+def _npy(array) -> Callable[[Path], None]:
+    return lambda tmp: np.save(tmp / "in.npy", np.asarray(array, np.float32))
+
+
+def _slices(*values) -> np.ndarray:
+    ramp = np.linspace(-1000.0, 400.0, 32 * 32).reshape(32, 32)
+    return np.stack([ramp if v is None else np.full((32, 32), v) for v in values])
+
+
+def _existing_output(tmp: Path) -> None:
+    np.save(tmp / "in.npy", _slices(None, None).astype(np.float32))
+    (tmp / "done.npy").write_bytes(b"an earlier result")
+
+
+def _file(name: str, text: str = "x") -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).write_text(text)
+
+
+def _config_only(run: Path) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "empty_run").mkdir()
+        shutil.copy(run / "config.json", tmp / "empty_run" / "config.json")
+    return setup
+
+
+def _damaged_copy(run: Path) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        shutil.copytree(run, tmp / "damaged")
+        for f in (tmp / "damaged").rglob("*"):
+            if f.is_file() and f.parent.name not in ("damaged",) and f.stat().st_size > 0:
+                f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return setup
+
+
+def _bad_manifest(model: Path) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        shutil.copytree(model, tmp / "model")
+        manifest = json.loads((tmp / "model" / "manifest.json").read_text())
+        manifest["format_version"] = 99
+        (tmp / "model" / "manifest.json").write_text(json.dumps(manifest))
+    return setup
+
+
+FASTMRI = ["--config=fastmri", "--data_dir={tmp}/tfds", "--manual_dir={tmp}/knee",
+           "--config.name=bad_knee", "--config.height_px=32", "--config.width_px=32",
+           "--config.num_center_lines=8", "--config.num_train_patients=1",
+           "--config.num_test_patients=1", "--config.num_validation_patients=0"]
+
+
+def _h5(write: Callable[[h5py.File], None], n: int = 2) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "knee").mkdir()
+        for i in range(n):
+            with h5py.File(tmp / "knee" / f"file{i}.h5", "w") as f:
+                write(f)
+    return setup
+
+
+def _kspace(values) -> Callable[[h5py.File], None]:
+    def write(f: h5py.File) -> None:
+        k = np.ones((2, 4, 64, 40), np.complex64) * values
+        f.create_dataset("kspace", data=k)
+        f["ismrmrd_header"] = ""
+    return write
+
+
+def _garbage_h5(tmp: Path) -> None:
+    (tmp / "knee").mkdir()
+    for i in range(2):
+        (tmp / "knee" / f"file{i}.h5").write_bytes(b"\x00not hdf5" * 10)
+
+
+# --- the catalogue ----------------------------------------------------------------------------
+
+W = "--workdir={tmp}/w"
+CASES = [
+    # Config values and flags (train.py): exit 2, nothing written.
+    Case("train-unknown-key", "train.py", [W, "--config.train.x=1"], 2,
+         ["--config.train.x", "no such setting", "Valid keys under train"], absent=["w"]),
+    Case("train-misspelled-group", "train.py", [W, "--config.trian.batch_size=3"], 2,
+         ["Did you mean 'train.batch_size'"], absent=["w"]),
+    Case("train-not-a-number", "train.py", [W, "--config.train.batch_size=abc"], 2,
+         ["batch_size", "abc"], absent=["w"]),
+    Case("train-negative-lr", "train.py", [W, "--config.optim.learning_rate=-0.003"], 2,
+         ["optim.learning_rate=-0.003", "positive"], absent=["w"]),
+    Case("train-zero-lr", "train.py", [W, "--config.optim.learning_rate=0"], 2,
+         ["optim.learning_rate=0"], absent=["w"]),
+    Case("train-nan-lr", "train.py", [W, "--config.optim.learning_rate=nan"], 2,
+         ["optim.learning_rate=nan"], absent=["w"]),
+    Case("train-zero-batch", "train.py", [W, "--config.train.batch_size=0"], 2,
+         ["train.batch_size=0", ">= 1"], absent=["w"]),
+    Case("train-negative-steps", "train.py", [W, "--config.train.num_steps=-5"], 2,
+         ["train.num_steps=-5"], absent=["w"]),
+    Case("train-patch-larger-than-images", "train.py", [W, "--config.train.patch_size_px=4096"],
+         2, ["train.patch_size_px=4096", "larger than the training images"], absent=["w"]),
+    Case("train-unknown-loss", "train.py", [W, "--config.loss.kind=n2v"], 2,
+         ["loss.kind must be one of", "'n2v'"], absent=["w"]),
+    Case("train-negative-beta", "train.py", [W, "--config.loss.beta_w=-1"], 2,
+         ["loss.beta_w", ">= 0"], absent=["w"]),
+    Case("train-distill-without-teacher", "train.py",
+         [W, "--config.loss.kind=distill", "--config.loss.beta_r=0"], 2, ["loss.teacher"],
+         absent=["w"]),
+    Case("train-missing-config-file", "train.py", ["--config=configs/nope.py", W], 2,
+         ["nope.py"], absent=["w"]),
+    Case("train-unknown-flag", "train.py", [W, "--learning_rate=1"], 2,
+         ["learning_rate", "--helpfull"], absent=["w"]),
+    Case("train-positional-argument", "train.py", [W, "extra"], 2, ["Unexpected arguments"],
+         absent=["w"]),
+    Case("train-diverges", "train.py",
+         [W, "--config.optim.learning_rate=1e12", "--config.train.num_steps=40"], 6,
+         ["at step", "Lower optim.learning_rate"]),
+    # Run folders and checkpoints.
+    Case("train-teacher-not-a-run", "train.py",
+         [W, "--config.loss.kind=distill", "--config.loss.beta_r=0",
+          "--config.loss.teacher={tmp}/none"], 4, ["loss.teacher", "not a training workdir"],
+         absent=["w"]),
+    Case("train-other-config-in-workdir", "train.py",
+         ["--workdir={run}", "--config.model.base_features=4"], 4,
+         ["different config", "model.base_features: stored 8, now 4", "--allow_config_change"]),
+    Case("train-allowed-change-of-shapes", "train.py",
+         ["--workdir={run}", "--config.model.base_features=4", "--config.train.num_steps=9",
+          "--allow_config_change"], 4, ["No checkpoint", "restores", "new --workdir"]),
+    Case("evaluate-not-a-run", "evaluate.py", ["--runs={tmp}/none", "--out={tmp}/o"], 4,
+         ["not a training workdir"], absent=["o"]),
+    Case("evaluate-run-without-checkpoints", "evaluate.py",
+         ["--runs={tmp}/empty_run", "--out={tmp}/o"], 4, ["No checkpoint", "train it first"],
+         setup="config_only", absent=["o"]),
+    Case("evaluate-every-checkpoint-damaged", "evaluate.py",
+         ["--runs={tmp}/damaged", "--out={tmp}/o"], 4, ["no checkpoint restores"],
+         setup="damaged", absent=["o"]),
+    Case("evaluate-bad-checkpoint-name", "evaluate.py",
+         ["--runs={run}", "--out={out}", "--checkpoint=newest"], 2,
+         ["checkpoint must be 'best', 'latest' or a step number"]),
+    Case("evaluate-missing-step", "evaluate.py",
+         ["--runs={run}", "--out={out}", "--checkpoint=999"], 4,
+         ["no checkpoint of step 999"]),
+    # Evaluation arguments: refused before anything is computed or written.
+    Case("evaluate-figure-slice-out-of-range", "evaluate.py",
+         ["--runs={run}", "--out={out}", "--figure_slice=99"], 2,
+         ["--figure_slice=99", "test split has"]),
+    Case("evaluate-negative-figure-slice", "evaluate.py",
+         ["--runs={run}", "--out={out}", "--figure_slice=-1"], 2, ["--figure_slice=-1"]),
+    Case("evaluate-zoom-two-numbers", "evaluate.py", ["--runs={run}", "--out={out}", "--zoom=1,2"],
+         2, ["--zoom", "row,col,size"]),
+    Case("evaluate-zoom-outside-image", "evaluate.py",
+         ["--runs={run}", "--out={out}", "--zoom=0,0,4096"], 2, ["leaves the"]),
+    Case("evaluate-out-is-a-file", "evaluate.py", ["--runs={run}", "--out={tmp}/o"], 2,
+         ["--out", "is a file"], setup=_file("o")),
+    Case("evaluate-two-runs-one-column", "evaluate.py", ["--runs={run},{run}", "--out={out}"],
+         2, ["Two runs fill the column"]),
+    Case("evaluate-missing-out", "evaluate.py", ["--runs={run}"], 2, ["--out"]),
+    Case("demo-unknown-modality", "demo.py", ["--modality=pet", "--work_root={tmp}/w"], 2,
+         ["--modality", "'pet'"], absent=["w"]),
+    Case("ablation-unknown-grid", "ablation.py",
+         ["--config=configs/tiny.py", "--grid=nope", "--root={tmp}/r", "--out={tmp}/a"], 2,
+         ["Unknown ablation grid 'nope'"], absent=["r", "a"]),
+    # Data preparation: presets, fields, folders, HDF5 files.
+    Case("prep-unknown-preset", "-m data_prep.ct", ["--config=huge", "--data_dir={tmp}/d"], 2,
+         ["Unknown data preset 'huge'"], absent=["d"]),
+    Case("prep-unknown-field", "prep_ct",
+         ["--config=tiny", "--config.photons=1", "--data_dir={tmp}/d"], 2,
+         ["no field 'photons'"], absent=["d"]),
+    Case("prep-manual-dir-missing", "prep_ct",
+         ["--config=tiny", "--manual_dir={tmp}/none", "--data_dir={tmp}/d"], 3,
+         ["--manual_dir", "is not a folder"], absent=["d"]),
+    Case("prep-dicom-folder-empty", "prep_ct",
+         ["--config=dicom", "--manual_dir={tmp}/patients", "--data_dir={tmp}/d"], 3,
+         ["patients", "holds 0 patients"],
+         setup=lambda tmp: (tmp / "patients").mkdir(), absent=["d"]),
+    Case("prep-mri-field-of-other-modality", "prep_mri",
+         ["--config=tiny", "--config.photons_per_ray=1", "--data_dir={tmp}/d"], 2,
+         ["no field 'photons_per_ray'"], absent=["d"]),
+    Case("prep-fastmri-not-hdf5", "prep_mri", FASTMRI, 3, ["not a readable HDF5 file"],
+         setup=_garbage_h5, absent=["tfds"]),
+    Case("prep-fastmri-no-kspace", "prep_mri", FASTMRI, 3, ["kspace"],
+         setup=_h5(lambda f: f.create_dataset("other", data=np.zeros(3))), absent=["tfds"]),
+    Case("prep-fastmri-no-header", "prep_mri", FASTMRI, 3, ["ismrmrd_header"],
+         setup=_h5(lambda f: f.create_dataset("kspace", data=np.ones((2, 4, 64, 40),
+                                                                        np.complex64))),
+         absent=["tfds"]),
+    # Export: run folders, checkpoints, outputs.
+    Case("export-not-a-run", "export", ["--workdir={tmp}/none", "--out={tmp}/e"], 4,
+         ["none", "not a training workdir"], absent=["e"]),
+    Case("export-out-exists", "export", ["--workdir={run}", "--out={model}"], 5,
+         ["exists", "--overwrite"]),
+    Case("export-missing-step", "export", ["--workdir={run}", "--out={tmp}/e", "--checkpoint=999"],
+         4, ["no checkpoint of step 999"], absent=["e"]),
+    Case("export-missing-flag", "export", ["--workdir={run}"], 2, ["usage", "--out"]),
+    Case("export-unknown-flag", "export", ["--workdir={run}", "--out={tmp}/e", "--fast"], 2,
+         ["fast"], absent=["e"]),
+    # Denoise: NumPy stacks, DICOM series, models, outputs.
+    Case("denoise-input-missing", "denoise",
+         ["--model={model}", "--input={tmp}/none.npy", "--output={tmp}/o.npy"], 3,
+         ["--input", "does not exist"], absent=["o.npy"]),
+    Case("denoise-npy-nan", "denoise", ["--model={model}", "--input={tmp}/in.npy",
+                                        "--output={tmp}/o.npy"], 3, ["slice 1", "NaN or inf"],
+         setup=_npy(_slices(None, np.nan)), absent=["o.npy"]),
+    Case("denoise-npy-4d", "denoise", ["--model={model}", "--input={tmp}/in.npy",
+                                       "--output={tmp}/o.npy"], 3, ["expected [S, H, W]"],
+         setup=_npy(np.zeros((1, 2, 32, 32))), absent=["o.npy"]),
+    Case("denoise-npy-not-hu", "denoise", ["--model={model}", "--input={tmp}/in.npy",
+                                           "--output={tmp}/o.npy"], 3, ["not HU"],
+         setup=_npy(_slices(None, None) * 1e30), absent=["o.npy"]),
+    Case("denoise-unknown-format", "denoise", ["--model={model}", "--input={tmp}/in.txt",
+                                               "--output={tmp}/o.npy"], 3, ["unknown format"],
+         setup=_file("in.txt"), absent=["o.npy"]),
+    Case("denoise-output-exists", "denoise", ["--model={model}", "--input={tmp}/in.npy",
+                                              "--output={tmp}/done.npy"], 5,
+         ["done.npy exists", "--overwrite"], setup=_existing_output),
+    Case("denoise-output-is-input", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/in.npy", "--overwrite"], 3,
+         ["is the input"], setup=_npy(_slices(None))),
+    Case("denoise-model-missing", "denoise",
+         ["--model={tmp}/none", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["neither an exported model"], setup=_npy(_slices(None)), absent=["o.npy"]),
+    Case("denoise-model-other-format-version", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["format_version 99", "export the model again"], setup="bad_manifest",
+         absent=["o.npy"]),
+    Case("denoise-dicom-not-ct", "denoise", ["--model={model}", "--input={tmp}/series",
+                                             "--output={tmp}/out"], 3,
+         ["slice1.dcm", "Modality", "'MR'", "expected 'CT'"], setup=_dicom(_set("Modality", "MR")),
+         absent=["out"]),
+    Case("denoise-dicom-blank-slice", "denoise", ["--model={model}", "--input={tmp}/series",
+                                                  "--output={tmp}/out"], 3,
+         ["slice1.dcm", "every pixel is 0 HU", "holds no image"], setup=_dicom(_blank_slice),
+         absent=["out"]),
+    Case("denoise-dicom-no-rescale", "denoise", ["--model={model}", "--input={tmp}/series",
+                                                 "--output={tmp}/out"], 3,
+         ["slice1.dcm", "RescaleSlope", "missing"], setup=_dicom(_no_rescale), absent=["out"]),
+    Case("denoise-dicom-two-series", "denoise", ["--model={model}", "--input={tmp}/series",
+                                                 "--output={tmp}/out"], 3,
+         ["mixes 2 series"], setup=_dicom(_set("SeriesInstanceUID", "1.2.3.4")), absent=["out"]),
+    Case("denoise-dicom-truncated-pixels", "denoise",
+         ["--model={model}", "--input={tmp}/series", "--output={tmp}/out"], 3,
+         ["slice1.dcm", "pixel data"], setup=_truncate_pixels, absent=["out"]),
+    Case("denoise-dicom-stub-file", "denoise", ["--model={model}", "--input={tmp}/series",
+                                                "--output={tmp}/out"], 3,
+         ["stub.dcm", "without Modality (0008,0060) or pixel data"], setup=_stub_dicom,
+         absent=["out"]),
+    Case("denoise-dicom-no-dicom-files", "denoise",
+         ["--model={model}", "--input={tmp}/series", "--output={tmp}/out"], 3,
+         ["No DICOM files", "1 files"], setup=_not_dicom,
+         absent=["out"]),
+]
+
+
+# --- running a case ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A finished tiny noise2noise run, its exported model and an earlier evaluation."""
+    root = tmp_path_factory.mktemp("world")
+    config = tiny.get_config()
+    config.train.tensorboard = config.train.progress = False
+    config.train.num_steps = 3
+    config.loss.kind, config.loss.beta_r = "noise2noise", 0.0
+    experiment.fit(config, root / "run")
+    assert cj_export.main(["export", f"--workdir={root / 'run'}", f"--out={root / 'model'}"]) == 0
+    evaluation.evaluate([root / "run"], root / "out")
+    return {"run": root / "run", "model": root / "model", "out": root / "out"}
+
+
+SETUPS = {"config_only": _config_only, "damaged": _damaged_copy, "bad_manifest": _bad_manifest}
+
+
+def _tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (hidden ones too) -> its SHA-1."""
+    if path.is_file():
+        return {".": hashlib.sha1(path.read_bytes()).hexdigest()}
+    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _run(case: Case, args: list[str], capsys) -> tuple[int, str]:
+    if case.command in IN_PROCESS:
+        capsys.readouterr()
+        code = IN_PROCESS[case.command]([case.command, *args] if case.command in
+                                        ("export", "denoise") else args)
+        return code, capsys.readouterr().err
+    env = {k: v for k, v in os.environ.items() if k != errors.VERBOSE_ENV}
+    result = subprocess.run([sys.executable, *case.command.split(), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env=env)
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, world, tmp_path, capsys):
+    if case.setup is not None:
+        setup = SETUPS[case.setup](world[{"config_only": "run", "damaged": "run",
+                                          "bad_manifest": "model"}[case.setup]]) \
+            if isinstance(case.setup, str) else case.setup
+        setup(tmp_path)
+    fill = {**{k: str(v) for k, v in world.items()}, "tmp": str(tmp_path)}
+    own_config = any(a.startswith("--config=") for a in case.args)
+    base = TRAIN[1:] if case.command == "train.py" and not own_config else []
+    args = [a.format(**fill) for a in base + case.args]
+    before = {k: _tree(v) for k, v in world.items()}
+    inputs = _tree(tmp_path)
+
+    code, err = _run(case, args, capsys)
+
+    assert code == case.code, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = err.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Error: "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("(exit status"))
+    message = "\n".join(lines[start:end])  # one message (a config diff spans lines)
+    for word in case.words:
+        assert word in message, (word, message)
+    assert f"exit status {case.code}" in err
+    # Earlier results (the run, its model, its evaluation) and the inputs are untouched, and
+    # nothing new is left beside them.
+    assert {k: _tree(v) for k, v in world.items()} == before
+    after = _tree(tmp_path)
+    assert {k: v for k, v in after.items() if k in inputs} == inputs
+    for name in case.absent:
+        assert not (tmp_path / name).exists(), name
+    leftovers = [k for k in after if k not in inputs and ("tmp" in k or "incomplete" in k)]
+    assert not leftovers, leftovers
+
+
+def test_the_catalogue_is_broad():
+    assert len(CASES) >= 40
+    kinds = {c.command for c in CASES}
+    assert {"train.py", "evaluate.py", "ablation.py", "demo.py", "export", "denoise", "prep_ct",
+            "prep_mri", "-m data_prep.ct"} <= kinds
+    assert {c.code for c in CASES} == {2, 3, 4, 5, 6}
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}",
+         "--config.train.batch_size=0", "--verbose"], cwd=ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ConfigError: train.batch_size=0" in result.stderr
