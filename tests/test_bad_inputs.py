@@ -29,6 +29,7 @@ from pydicom.uid import generate_uid
 from configs import tiny
 from consensus_jax import errors, evaluation, experiment
 from consensus_jax import export as cj_export
+from consensus_jax import workdir as wd
 from consensus_jax.denoise import main as denoise_main
 from data_prep import ct as ct_prep
 from data_prep import mri as mri_prep
@@ -48,7 +49,9 @@ class Case:
     args: list[str]  # {run}, {model}, {out}, {tmp} are filled in
     code: int  # the documented exit status
     words: list[str]  # in the one-line message
-    setup: Callable[[Path], None] | None = None  # makes the bad input under {tmp}
+    # Makes the bad input under {tmp}: a function of the case's folder, or the name of one in
+    # SETUPS that starts from the finished run or its model.
+    setup: Callable[[Path], None] | str | None = None
     absent: list[str] = field(default_factory=list)  # outputs that must not appear
 
 
@@ -139,9 +142,10 @@ def _config_only(run: Path) -> Callable[[Path], None]:
 def _damaged_copy(run: Path) -> Callable[[Path], None]:
     def setup(tmp: Path) -> None:
         shutil.copytree(run, tmp / "damaged")
-        for f in (tmp / "damaged").rglob("*"):
-            if f.is_file() and f.parent.name not in ("damaged",) and f.stat().st_size > 0:
-                f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        for folder in (wd.CHECKPOINTS, wd.BEST):  # every file of every kept step, cut in half
+            for f in (tmp / "damaged" / folder).rglob("*"):
+                if f.is_file() and f.stat().st_size > 0:
+                    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     return setup
 
 
@@ -374,7 +378,9 @@ def world(tmp_path_factory):
     return {"run": root / "run", "model": root / "model", "out": root / "out"}
 
 
-SETUPS = {"config_only": _config_only, "damaged": _damaged_copy, "bad_manifest": _bad_manifest}
+#: name -> (which part of the world it starts from, the setup it makes from that part)
+SETUPS = {"config_only": ("run", _config_only), "damaged": ("run", _damaged_copy),
+          "bad_manifest": ("model", _bad_manifest)}
 
 
 def _tree(path: Path) -> dict[str, str]:
@@ -399,10 +405,11 @@ def _run(case: Case, args: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, world, tmp_path, capsys):
-    if case.setup is not None:
-        setup = SETUPS[case.setup](world[{"config_only": "run", "damaged": "run",
-                                          "bad_manifest": "model"}[case.setup]]) \
-            if isinstance(case.setup, str) else case.setup
+    setup = case.setup
+    if isinstance(setup, str):
+        part, make = SETUPS[setup]
+        setup = make(world[part])
+    if setup is not None:
         setup(tmp_path)
     fill = {**{k: str(v) for k, v in world.items()}, "tmp": str(tmp_path)}
     own_config = any(a.startswith("--config=") for a in case.args)

@@ -71,14 +71,16 @@ def test_training_killed_at_five_random_moments_resumes_bitwise(tmp_path):
     assert not list(killed.rglob("*.orbax-checkpoint-tmp*"))
 
 
-def _dataset(data_dir: Path) -> dict[str, str]:
+def _files(data_dir: Path) -> dict[str, str]:
     """SHA-1 of every file of the finished dataset version(s) under ``data_dir`` (the ones with
-    a dataset_info.json; an interrupted build's leftovers are not part of the dataset), by name.
-    TFDS's dataset_info.json is left out; .npz files are compared by their arrays."""
+    a dataset_info.json; an interrupted build's leftovers are not part of the dataset), by name,
+    except TFDS's own: dataset_info.json, and the TFRecord shards, whose bytes differ between
+    two clean builds (their decoded contents are compared instead). .npz files are compared by
+    their arrays."""
     out = {}
     for info in sorted(data_dir.rglob("dataset_info.json")):
         for p in sorted(info.parent.iterdir()):
-            if p.name == "dataset_info.json" or not p.is_file():
+            if p.name == "dataset_info.json" or ".tfrecord" in p.name or not p.is_file():
                 continue
             if p.suffix == ".npz":
                 with np.load(p) as f:
@@ -87,6 +89,12 @@ def _dataset(data_dir: Path) -> dict[str, str]:
                 digest = hashlib.sha1(p.read_bytes())
             out[str(p.relative_to(data_dir))] = digest.hexdigest()
     return out
+
+
+def _splits(data_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    cfg = ml_collections.ConfigDict({"name": "ct_consensus", "config": "tiny",
+                                     "data_dir": str(data_dir), "max_train_slices": 0})
+    return {s: input_pipeline.load_split(cfg, s, "ct") for s in ("train", "validation", "test")}
 
 
 @pytest.mark.slow
@@ -100,9 +108,11 @@ def test_data_prep_killed_and_rerun_builds_the_same_dataset(tmp_path):
     for _ in range(2):  # killed twice, at moments from start-up to writing the shards
         _kill_after(cmd(tmp_path / "killed"), float(rng.uniform(0.3, 0.9) * wall))
     _run_to_end(cmd(tmp_path / "killed"))
-    reference = _dataset(tmp_path / "reference")
-    assert any(".tfrecord" in name for name in reference)
-    assert _dataset(tmp_path / "killed") == reference
-    cfg = ml_collections.ConfigDict({"name": "ct_consensus", "config": "tiny",
-                                     "data_dir": str(tmp_path / "killed"), "max_train_slices": 0})
-    assert np.isfinite(input_pipeline.load_split(cfg, "train", "ct")["x1"]).all()
+    reference = _files(tmp_path / "reference")
+    assert any(name.endswith("baselines_test.npz") for name in reference)
+    assert _files(tmp_path / "killed") == reference
+    killed, ref = _splits(tmp_path / "killed"), _splits(tmp_path / "reference")
+    for split, features in ref.items():
+        assert sorted(killed[split]) == sorted(features)
+        for name, values in features.items():
+            np.testing.assert_array_equal(killed[split][name], values, err_msg=f"{split}/{name}")
