@@ -40,3 +40,25 @@ def tiny_mri_data_dir(tmp_path_factory):
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return data_dir
+
+
+def dicom_series(folder, n=3, change=None):
+    """A small CT series made from pydicom's shipped CT slice (128 x 128, 0.66 mm) in ``folder``;
+    ``change(i, ds)`` may edit slice ``i`` before it is written. Returns ``folder``."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True)
+    series = generate_uid()
+    for i in range(n):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * i]
+        if change is not None:
+            change(i, ds)
+        ds.save_as(folder / f"slice{i}.dcm", enforce_file_format=True)
+    return folder

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+from conftest import dicom_series
 from pydicom.uid import generate_uid
 
 from configs import tiny
@@ -57,24 +57,8 @@ class Case:
 
 # --- bad inputs -------------------------------------------------------------------------------
 
-def _dicom_series(folder: Path, n: int = 2, change: Callable | None = None) -> None:
-    """A small CT series from pydicom's CT slice; ``change(i, ds)`` edits slice ``i``."""
-    folder.mkdir(parents=True)
-    series = generate_uid()
-    for i in range(n):
-        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-        ds.SeriesInstanceUID = series
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = i + 1
-        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * i]
-        if change is not None:
-            change(i, ds)
-        ds.save_as(folder / f"slice{i}.dcm", enforce_file_format=True)
-
-
 def _dicom(change: Callable) -> Callable[[Path], None]:
-    return lambda tmp: _dicom_series(tmp / "series", change=change)
+    return lambda tmp: dicom_series(tmp / "series", change=change)
 
 
 def _set(name: str, value) -> Callable:
@@ -93,13 +77,13 @@ def _no_rescale(i, ds):
 
 
 def _truncate_pixels(tmp: Path) -> None:
-    _dicom_series(tmp / "series")
+    dicom_series(tmp / "series")
     path = tmp / "series" / "slice1.dcm"
     path.write_bytes(path.read_bytes()[:-4000])
 
 
 def _stub_dicom(tmp: Path) -> None:
-    _dicom_series(tmp / "series")
+    dicom_series(tmp / "series")
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian

@@ -7,6 +7,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import dicom_series
 
 from configs import tiny
 from consensus_jax import artifact, evaluation, experiment, train_lib
@@ -103,25 +104,6 @@ def test_model_refuses_wrong_inputs(runs, tmp_path):
 
 # --- the denoise command -----------------------------------------------------------------------
 
-def _dicom_series(folder, n=3):
-    """A small CT series made from pydicom's shipped CT slice (128 x 128, 0.66 mm)."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    folder.mkdir()
-    series = generate_uid()
-    for i in range(n):
-        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-        ds.SeriesInstanceUID = series
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = i + 1
-        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * i]
-        ds.save_as(folder / f"slice{i}.dcm", enforce_file_format=True)
-    return folder
-
-
 def test_dicom_series_round_trip(runs, tmp_path):
     import pydicom
 
@@ -129,7 +111,7 @@ def test_dicom_series_round_trip(runs, tmp_path):
     from consensus_jax.ct import io as ct_io
 
     model = cj_export.load(runs["noise2noise"])
-    source = _dicom_series(tmp_path / "in")
+    source = dicom_series(tmp_path / "in")
     out = denoise.denoise_path(model, source, tmp_path / "out")
     before = [pydicom.dcmread(p) for p in sorted(source.iterdir())]
     after = [pydicom.dcmread(out / p.name) for p in sorted(source.iterdir())]
@@ -153,7 +135,7 @@ def test_dicom_series_round_trip(runs, tmp_path):
 def test_denoise_cli_refuses_overwrite_pairs_and_unusual_input(runs, tmp_path, capsys):
     from consensus_jax import denoise
 
-    source = _dicom_series(tmp_path / "in")
+    source = dicom_series(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("earlier result")
@@ -211,7 +193,7 @@ def test_usage_page_code_blocks_run(runs, tmp_path):
     page = (ROOT / "docs/usage.md").read_text()
     blocks = re.findall(r"```(python|bash)\n(.*?)```", page, flags=re.S)
     shutil.copytree(runs["noise2noise"], tmp_path / "work_dirs/ct_quick/distill")
-    _dicom_series(tmp_path / "scan_folder")
+    dicom_series(tmp_path / "scan_folder")
     rng = np.random.default_rng(2)
     np.save(tmp_path / "full_dose_hu.npy", rng.normal(0, 100, (2, 48, 48)).astype(np.float32))
     np.save(tmp_path / "low_dose_hu.npy", rng.normal(0, 150, (2, 48, 48)).astype(np.float32))
