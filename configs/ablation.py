@@ -51,6 +51,8 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
                                      "loss.teacher": "work_dirs/ct_quick/consensus"}},
         "distill_mri": {"distilled": {"loss.kind": "distill", "loss.beta_r": 0.0,
                                       "loss.teacher": "work_dirs/mri_methods/consensus/seed0"}},
+        # bfloat16 compute (float32 parameters, optimizer state and loss) against float32.
+        "precision": {"consensus float32": {}, "consensus bfloat16": {"model.dtype": "bfloat16"}},
         "beta_r": {f"consensus beta_r={b}": {"loss.beta_r": b} for b in (0.0, 0.1, 0.5, 2.0)},
         "beta_w": {f"consensus beta_w={b}": {"loss.beta_w": b, "loss.beta_r": 0.0}
                    for b in (0.0, 5e-6, 5e-5, 5e-4)},
