@@ -36,9 +36,10 @@ from consensus_jax import input_pipeline, metrics, runs, train_lib
 from consensus_jax import workdir as wd
 from consensus_jax.errors import ConfigError, MissingRunError
 
-#: Environment variable for the tests of exact resume: the process exits (code 3, no cleanup)
-#: right after this step, as a crash between steps would.
+#: Environment variable for the tests of exact resume: the process exits (status
+#: ``CRASH_EXIT_STATUS``, no cleanup) right after this step, as a crash between steps would.
 CRASH_AFTER_STEP = "CONSENSUS_JAX_CRASH_AFTER_STEP"
+CRASH_EXIT_STATUS = 86  # none of the statuses of consensus_jax.errors
 #: Written into the workdir when early stopping ends a run; such a run is finished.
 EARLY_STOP_FILE = "early_stop.json"
 
@@ -434,7 +435,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                                f"{validator.best_step}).")
                 break
         if exit_at and done == exit_at:
-            os._exit(3)  # simulates a crash between steps (tests of exact resume)
+            os._exit(CRASH_EXIT_STATUS)  # a crash between steps (tests of exact resume)
     bar.close()
     if nproc > 1:  # each process says where it stopped: they must agree
         print(f"{workdir}: trained to step {step}{who}.", flush=True)

@@ -56,7 +56,7 @@ def reference_run(tmp_path_factory):
 
 def test_resume_after_crash_matches_uninterrupted(reference_run, tmp_path):
     crashed = _train_cli(tmp_path, env={experiment.CRASH_AFTER_STEP: "7"})
-    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    assert crashed.returncode == experiment.CRASH_EXIT_STATUS, crashed.stderr[-2000:]
     # Checkpoints every 3 steps and saves are asynchronous: the crash right after step 7 leaves
     # step 6, or step 3 when the save of step 6 was still in flight.
     params6, step = _params(tmp_path)
@@ -78,7 +78,7 @@ def test_resume_after_crash_matches_uninterrupted(reference_run, tmp_path):
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
     crashed = _train_cli(tmp_path, env={experiment.CRASH_AFTER_STEP: "10"})
-    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    assert crashed.returncode == experiment.CRASH_EXIT_STATUS, crashed.stderr[-2000:]
     ckpt = tmp_path / "checkpoints"
     steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     assert len(steps) == 2  # keep_checkpoints=2: 6 and 9 (or 3 and 6 if a save was in flight)
@@ -124,7 +124,7 @@ def test_steps_per_dispatch_changes_nothing_but_rounding(reference_run, multi_st
 def test_multi_step_resume_after_crash_matches_uninterrupted(multi_step_run, tmp_path):
     crashed = _train_cli(tmp_path, "--config.train.steps_per_dispatch=5",
                          env={experiment.CRASH_AFTER_STEP: "7"})
-    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    assert crashed.returncode == experiment.CRASH_EXIT_STATUS, crashed.stderr[-2000:]
     experiment.fit(_config(train__steps_per_dispatch=5), tmp_path)
     params, step = _params(tmp_path)
     ref, _ = _params(multi_step_run)
