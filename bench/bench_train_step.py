@@ -16,7 +16,9 @@ before the performance work in the same run. Achieved GFLOP/s come from an analy
 the peak is the best large GEMM measured at run time (``jnp.dot``, and ``torch.mm`` on CPU) unless
 ``--peak_gflops`` states one. On a GPU (``jax.default_backend() == "gpu"``) the JAX rows are
 repeated with bfloat16 compute, and the model FLOPs utilisation is given against the measured GEMM
-peak of the same dtype; PyTorch (the CPU wheel) is then left out.
+peak of the same dtype; PyTorch is then timed on CUDA when torch sees the GPU (eager and
+``torch.compile``, float32 and bfloat16 autocast, cuDNN autotuning on, TF32 off), and each JAX
+row gives its ratio to the eager PyTorch step of its dtype.
 """
 
 from __future__ import annotations
@@ -148,32 +150,84 @@ def make_jax_runner(model: UNetConfig, data: dict[str, np.ndarray], layout: str 
     return run, loss, params0
 
 
-def make_torch_runner(size: Size, data: dict[str, np.ndarray], params: list[object]
+def make_torch_runner(size: Size, data: dict[str, np.ndarray], params: list[object],
+                      device: str = "cpu", compiled: bool = False, bf16: bool = False
                       ) -> tuple[Callable[[int], None], Callable[[], float]]:
-    """The PyTorch twin (channels_last), initialised with the JAX networks' weights."""
+    """The PyTorch twin (channels_last), initialised with the JAX networks' weights.
+
+    ``device``: "cpu" or "cuda" (cuDNN autotuning on, TF32 off so that float32 is float32);
+    ``compiled``: both networks through ``torch.compile``; ``bf16``: the step under bfloat16
+    autocast (float32 parameters and optimizer state, as JAX's ``model.dtype="bfloat16"``).
+    ``run(n)`` does n steps and waits for the device.
+    """
+    import contextlib
+
     import torch
 
     from bench.torch_unet import ConsensusStep, TorchUNet, consensus_total_loss, load_flax_params
 
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     nets = []
     for p in params:
         net = TorchUNet(size.base_features, size.depth)
         load_flax_params(net, p)
-        nets.append(net.to(memory_format=torch.channels_last))
-    tensors = {k: torch.from_numpy(v.transpose(0, 3, 1, 2).copy()).contiguous(
+        nets.append(net.to(device=device, memory_format=torch.channels_last))
+    tensors = {k: torch.from_numpy(v.transpose(0, 3, 1, 2).copy()).to(device).contiguous(
         memory_format=torch.channels_last) for k, v in data.items()}
+    # The optimizer holds the parameters of the eager modules, which the compiled ones share.
     step = ConsensusStep(nets[0], nets[1], BETA_W, BETA_R, learning_rate=1e-4)
+    if compiled:
+        step.net1, step.net2 = torch.compile(nets[0]), torch.compile(nets[1])
+
+    def precision():
+        return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def run(n: int) -> None:
-        for _ in range(n):
-            step(tensors["x1"], tensors["x2"], tensors["x_est"])
+        with precision():
+            for _ in range(n):
+                step(tensors["x1"], tensors["x2"], tensors["x_est"])
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     def loss() -> float:
-        with torch.no_grad():
+        with torch.no_grad(), precision():
             return float(consensus_total_loss(nets[0], nets[1], tensors["x1"], tensors["x2"],
                                               tensors["x_est"], BETA_W, BETA_R))
 
     return run, loss
+
+
+def torch_gpu_runners(size: Size, data: dict[str, np.ndarray], params: list[object],
+                      dtype: str, jax_loss: float) -> dict[str, Callable[[int], None]]:
+    """The PyTorch twin on CUDA, eager and ``torch.compile`` (when it works), in ``dtype``
+    (bfloat16: autocast). The eager float32 twin's loss at the shared initial weights must equal
+    JAX's (``jax_loss``, same weights and batch) to 1e-3 before anything is timed."""
+    runners = {}
+    for compiled in (False, True):
+        name = f"PyTorch CUDA {'compile' if compiled else 'eager'} {dtype}"
+        try:
+            run, loss = make_torch_runner(size, data, params, "cuda", compiled,
+                                          bf16=dtype == "bfloat16")
+            if dtype == "float32" and not compiled:
+                torch_loss = loss()
+                if abs(torch_loss - jax_loss) > 1e-3 * abs(jax_loss):
+                    raise RuntimeError(f"loss {torch_loss} vs JAX {jax_loss}: the two "
+                                       "implementations differ, timings are meaningless.")
+            run(2)  # compiles, autotunes
+        except RuntimeError as e:
+            if "implementations differ" in str(e):
+                raise
+            print(f"# {size.name} {name}: skipped ({type(e).__name__}: {str(e)[:200]})",
+                  file=sys.stderr)
+            continue
+        except Exception as e:  # noqa: BLE001 - torch.compile fails in many ways; keep eager
+            print(f"# {size.name} {name}: skipped ({type(e).__name__}: {str(e)[:200]})",
+                  file=sys.stderr)
+            continue
+        runners[name] = run
+    return runners
 
 
 def gemm_peak_gflops(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
@@ -235,7 +289,11 @@ def _row(size: Size, name: str, ts: list[float], flops: int, peak: float,
 
 
 def bench_size(size: Size, repeats: int, variants: list[str], stacked: bool,
-               peak: float, torch_ok: bool, dtypes: list[str]) -> list[str]:
+               peak: float, torch_ok: bool, dtypes: list[str], torch_gpu: bool = False
+               ) -> list[str]:
+    """Table rows of one size: the JAX variants in ``dtypes``, and the PyTorch twin on CPU
+    (``torch_ok``, float32) or on CUDA (``torch_gpu``: eager and compiled, each dtype); JAX rows
+    give their ratio to the first PyTorch row of their dtype."""
     data = _data(size)
     flops = train_step_flops(_model(size), size.batch, size.patch_px, size.patch_px)
     runners: dict[str, Callable[[int], None]] = {}
@@ -246,6 +304,10 @@ def bench_size(size: Size, repeats: int, variants: list[str], stacked: bool,
             name = f"JAX separate {variant} {dtype}"
             run, loss, params0 = make_jax_runner(_model(size, dtype=dtype, **overrides), data,
                                                  compiler_options=options)
+            if torch_gpu and not any(k.startswith("PyTorch") and k.endswith(dtype)
+                                     for k in runners):
+                runners.update(torch_gpu_runners(size, data, params0, dtype,
+                                                 jax_loss=float(loss())))
             if torch_ok and torch_run is None:
                 torch_run, torch_loss = make_torch_runner(size, data, params0)
                 ref_loss = torch_loss()
@@ -263,9 +325,16 @@ def bench_size(size: Size, repeats: int, variants: list[str], stacked: bool,
         torch_run(1)  # warm-up (oneDNN primitive creation)
         runners["PyTorch channels_last float32"] = torch_run
     times = time_alternating(runners, size.steps, repeats)
-    ref = times.get("PyTorch channels_last float32")
-    rows = [_row(size, name, ts, flops, peak, ref if name.startswith("JAX") else None)
-            for name, ts in times.items()]
+
+    def reference(name: str) -> list[float] | None:
+        """The PyTorch times a JAX row is compared with: the first PyTorch row of its dtype."""
+        if not name.startswith("JAX"):
+            return None
+        dtype = name.rsplit(" ", 1)[-1]
+        return next((ts for k, ts in times.items()
+                     if k.startswith("PyTorch") and k.endswith(dtype)), None)
+
+    rows = [_row(size, name, ts, flops, peak, reference(name)) for name, ts in times.items()]
     if stacked:
         run_sep, _, _ = make_jax_runner(_model(size), data, "separate")
         run_stk, _, _ = make_jax_runner(_model(size), data, "stacked")
@@ -323,8 +392,14 @@ def main(argv: list[str] | None = None) -> str:
             raise ValueError(f"--variants: unknown variant {v!r}; choose from {list(VARIANTS)}.")
     backend = jax.default_backend()
     torch_ok = torch_available(args.no_torch)
+    torch_gpu = False
     if torch_ok and backend != "cpu":
-        torch_ok = False  # the reference is the CPU wheel: compare against it on CPU only
+        # On a GPU the reference is PyTorch on CUDA (eager and compiled), when torch sees one.
+        import torch
+
+        torch_ok, torch_gpu = False, backend == "gpu" and torch.cuda.is_available()
+        if not torch_gpu:
+            print("# torch sees no GPU: timing JAX only", file=sys.stderr)
     dtypes = ["float32", "bfloat16"] if backend == "gpu" else ["float32"]
     # A GPU needs a large GEMM to reach its peak; 2048^3 already saturates 2 CPU cores.
     peaks = {d: gemm_peak_gflops(d, n=8192 if backend == "gpu" else 2048) for d in dtypes}
@@ -363,7 +438,7 @@ def main(argv: list[str] | None = None) -> str:
                                        and not args.no_stacked
                                        and dtype == dtypes[0]),
                               peak=peaks[dtype], torch_ok=torch_ok and dtype == "float32",
-                              dtypes=[dtype])
+                              dtypes=[dtype], torch_gpu=torch_gpu)
             lines.extend(rows)
             print("\n".join(rows), file=sys.stderr)
     table = "\n".join(lines) + "\n"
