@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from consensus_jax.errors import InputError, MissingInputError, UserError
 
@@ -134,7 +134,7 @@ def _malformed_fields(path: Path) -> Iterator[None]:
     except UserError:
         raise
     except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError, RuntimeError,
-            struct.error) as err:  # RuntimeError: pydicom's own (e.g. BytesLengthException)
+            struct.error, BytesLengthException) as err:
         raise InputError(f"{path}: a header field or the pixel data has an unexpected form "
                          f"({type(err).__name__}: {str(err)[:200]}). Re-export the file, or "
                          "remove it from the patient folder.") from err
@@ -351,10 +351,12 @@ def _read_series(folder: Path, missing_rescale: tuple[float, float] | None) -> V
                                  f"= {shape}. Re-export the file.")
         slices.append((stored.astype(np.float64) * slope + intercept).astype(np.float32))
         check_slice_values(slices[-1], str(path))
-    thickness = first.get("SliceThickness")
+    with _malformed_fields(first_path):
+        thickness = first.get("SliceThickness")
+        thickness = float(thickness) if thickness not in (None, "") else None
     return Volume(
         hu=np.stack(slices), pixel_size_mm=spacing, patient_id=folder.name, source=str(folder),
-        slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,
+        slice_thickness_mm=thickness,
         slice_positions_mm=sorted_keys.astype(np.float64) if positions else None,
         files=tuple(str(items[i][0]) for i in order))
 
