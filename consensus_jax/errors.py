@@ -81,6 +81,10 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+def _asks_verbose(argv: Sequence[str]) -> bool:
+    return any(a in ("--verbose", "--verbose=true", "--verbose=1") for a in argv)
+
+
 def set_verbose(on: bool) -> None:
     """Turns tracebacks on for this process and the commands it starts."""
     if on:
@@ -164,7 +168,7 @@ def parse_flags(flag_values: Any, argv: list[str]) -> list[str]:
     tracebacks on when ``--verbose`` is given."""
     from absl import flags  # noqa: PLC0415
 
-    set_verbose(any(a in ("--verbose", "--verbose=true", "--verbose=1") for a in argv))
+    set_verbose(_asks_verbose(argv))
     try:
         rest = flag_values(argv)
         if "config" in flag_values and flag_values["config"].present:
@@ -196,7 +200,7 @@ def run_absl(main: Callable[[list[str]], Any], argv: list[str] | None = None,
     define_verbose_flag()
 
     def parser(args: list[str]) -> list[str]:
-        set_verbose(any(a in ("--verbose", "--verbose=true", "--verbose=1") for a in args))
+        set_verbose(_asks_verbose(args))
         parse = flags_parser or (lambda a: parse_flags(flags.FLAGS, a))
         parsed = boundary(parse)(args)
         if isinstance(parsed, int):  # the error's exit status: the message is printed

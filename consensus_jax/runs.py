@@ -117,20 +117,18 @@ def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collec
                        sorted(kept.all_steps(), reverse=True)
                        if (Path(workdir) / wd.CHECKPOINTS, s) != (directory, step)]
         kept.close()
-    failed = []
-    for folder, s, reason in candidates:
-        try:
-            restored = wd.restore_params(folder, s, params, replicated, opt_state_shapes)
-        except Exception as e:  # noqa: BLE001 - damage shows up as many exception types
-            failed.append(f"{folder / str(s)} ({type(e).__name__}: {str(e)[:200]})")
-            continue
-        if failed:
-            reason = reason or f"step {step} ({why}) unreadable; the newest intact kept step"
-            warnings.warn(f"{workdir}: could not restore {'; '.join(failed)}; using step {s} "
-                          "instead.", stacklevel=2)
-        return restored, s, reason
-    raise RunError(f"{workdir}: no checkpoint restores ({'; '.join(failed)}). If the run's config "
-                   "changed its layer sizes, evaluate it with the config it was trained with.")
+    restored, chosen, failed = wd.first_restorable(
+        candidates, lambda c: wd.restore_params(c[0], c[1], params, replicated, opt_state_shapes))
+    failures = "; ".join(f"{folder / str(s)} ({wd.brief(e)})" for (folder, s, _), e in failed)
+    if chosen is None:
+        raise RunError(f"{workdir}: no checkpoint restores ({failures}). If the run's config "
+                       "changed its layer sizes, evaluate it with the config it was trained with.")
+    _, s, reason = chosen
+    if failed:
+        reason = reason or f"step {step} ({why}) unreadable; the newest intact kept step"
+        warnings.warn(f"{workdir}: could not restore {failures}; using step {s} instead.",
+                      stacklevel=2)
+    return restored, s, reason
 
 
 def load_run(workdir: str | Path, checkpoint: str | int = "best"

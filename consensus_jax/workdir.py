@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
@@ -272,34 +272,48 @@ def restore_state(directory: Path, step: int, target: Any) -> Any:
     return state
 
 
+def brief(err: Exception) -> str:
+    """``Type: first line`` of an exception (orbax's run to dozens of lines)."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+
+
+def first_restorable(candidates: Sequence[Any], restore: Callable[[Any], Any]
+                     ) -> tuple[Any, Any, list[tuple[Any, Exception]]]:
+    """(value, candidate, failures before it) for the first of ``candidates`` (newest first)
+    that ``restore`` reads; (None, None, failures) when none does. Damage (a truncated file, a
+    full disk) shows up as many exception types, so any exception counts as unreadable."""
+    failed: list[tuple[Any, Exception]] = []
+    for candidate in candidates:
+        try:
+            return restore(candidate), candidate, failed
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            failed.append((candidate, e))
+    return None, None, failed
+
+
 def restore_latest_intact(directory: Path, steps: list[int], target: Any) -> tuple[Any, int]:
     """(state, step) of the newest checkpoint in ``directory`` that restores into ``target``.
 
     A newer one that fails while an older one restores is damaged (a truncated file, a disk
     that filled up): it is renamed ``<step>.unreadable`` (kept for inspection, ignored from then
     on) with a warning, and training resumes from the older one. When none restores, the config
-    does not fit the run (e.g. other layer sizes): ValueError with the first error.
+    does not fit the run (e.g. other layer sizes): RunError with the newest step's error.
     """
-    failed: list[tuple[int, Exception]] = []
-    for step in sorted(steps, reverse=True):
-        try:
-            state = restore_state(directory, step, target)
-        except Exception as e:  # noqa: BLE001 - damage shows up as many exception types
-            failed.append((step, e))
-            continue
-        for bad, err in failed:
-            aside = directory / f"{bad}.unreadable"
-            os.replace(directory / str(bad), aside)
-            warnings.warn(f"Checkpoint {directory / str(bad)} could not be restored "
-                          f"({type(err).__name__}: {str(err)[:200]}); it was moved to {aside} "
-                          f"and the run resumes from step {step}.", stacklevel=2)
-        return state, step
-    step, err = failed[0]
-    first_line = (str(err).strip().splitlines() or [""])[0][:300]
-    raise RunError(f"No checkpoint in {directory} (steps {sorted(steps)}) restores into this "
-                   f"run's state; the newest (step {step}) fails with {type(err).__name__}: "
-                   f"{first_line} If the config changed the model's shapes, use a new "
-                   "--workdir (--verbose shows the whole error).") from err
+    state, step, failed = first_restorable(sorted(steps, reverse=True),
+                                           lambda s: restore_state(directory, s, target))
+    if step is None:
+        newest, err = failed[0]
+        raise RunError(f"No checkpoint in {directory} (steps {sorted(steps)}) restores into this "
+                       f"run's state; the newest (step {newest}) fails with {brief(err)} If the "
+                       "config changed the model's shapes, use a new --workdir (--verbose shows "
+                       "the whole error).") from err
+    for bad, err in failed:
+        aside = directory / f"{bad}.unreadable"
+        os.replace(directory / str(bad), aside)
+        warnings.warn(f"Checkpoint {directory / str(bad)} could not be restored ({brief(err)}); "
+                      f"it was moved to {aside} and the run resumes from step {step}.",
+                      stacklevel=2)
+    return state, step
 
 
 def restore_params(directory: Path, step: int, params_shapes: Any, sharding: Any,

@@ -291,15 +291,15 @@ def _read_series(folder: Path, missing_rescale: tuple[float, float] | None) -> V
         spacing = float(first.PixelSpacing[0])
     for path, ds in items[1:]:
         with _malformed_fields(path):
-            int(ds.Rows), int(ds.Columns), float(ds.PixelSpacing[0])
-        if (int(ds.Rows), int(ds.Columns)) != shape:
+            rows, cols, pixel = int(ds.Rows), int(ds.Columns), float(ds.PixelSpacing[0])
+        if (rows, cols) != shape:
             raise InputError(
-                f"{path}: Rows x Columns is {int(ds.Rows)} x {int(ds.Columns)} but "
+                f"{path}: Rows x Columns is {rows} x {cols} but "
                 f"{first_path.name} has {shape[0]} x {shape[1]}; one series must have one image "
                 "size. Remove the odd file(s) from the patient folder.")
-        if not np.isclose(float(ds.PixelSpacing[0]), spacing, rtol=1e-4):
+        if not np.isclose(pixel, spacing, rtol=1e-4):
             raise InputError(
-                f"{path}: PixelSpacing is {float(ds.PixelSpacing[0])} mm but {first_path.name} "
+                f"{path}: PixelSpacing is {pixel} mm but {first_path.name} "
                 f"has {spacing} mm; one series must have one pixel spacing. Remove the odd "
                 "file(s) from the patient folder.")
     keys = []
