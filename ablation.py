@@ -23,13 +23,17 @@ flags.mark_flags_as_required(["config", "root", "out"])
 def main(argv):
     if len(argv) > 1:
         raise errors.ConfigError(f"Unexpected arguments: {argv[1:]}")
+    seeds = _SEEDS.value
+    if not seeds or not all(s.strip().isdigit() for s in seeds):
+        raise errors.ConfigError(f"--seeds={','.join(seeds)}: training seeds are whole numbers "
+                                 ">= 0 separated by commas, e.g. --seeds=0,1,2.")
     logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()  # several processes train each run together
     from configs import ablation as grids
     from consensus_jax import ablation
 
     ablation.run_grid(_CONFIG.value, grids.get_grid(_GRID.value),
-                      [int(s) for s in _SEEDS.value], _ROOT.value, _OUT.value)
+                      [int(s) for s in seeds], _ROOT.value, _OUT.value)
 
 
 if __name__ == "__main__":

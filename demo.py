@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="default: results/<modality>_quick")
     parser.add_argument("--verbose", action="store_true",
                         help="Show the traceback of every stage's error.")
+    # The spelling of the absl commands' full help; the demo has no other flags to show.
+    parser.add_argument("--helpfull", action="help", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     errors.set_verbose(args.verbose)  # the stages inherit it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

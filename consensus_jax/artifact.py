@@ -13,6 +13,7 @@ or orbax:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ except ImportError:  # the copy beside an exported model stands alone
 MANIFEST = "manifest.json"
 FUNCTION = "model.jaxexport"
 PARAMS = "params.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this loader reads: 2 adds the SHA-256 of each file ("files"); 1 had none.
+READABLE_VERSIONS = (1, 2)
+_MANIFEST_KEYS = ("modality", "kind", "inputs", "units", "scale", "channels", "checkpoint")
 
 
 class Model:
@@ -42,22 +46,39 @@ class Model:
 
     @classmethod
     def load(cls, folder: str | Path) -> Model:
+        """Reads an exported folder, checking every file against the manifest (its SHA-256 and
+        the parameters' count and shapes) so that a damaged or incomplete model is named, not
+        run."""
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
             raise MissingRunError(f"{path} not found: {folder} is not an exported model (make "
                                   "one with python -m consensus_jax.export).")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise RunError(f"{path}: format_version {manifest.get('format_version')!r}, this "
-                           f"loader reads {FORMAT_VERSION}; export the model again.")
-        exported = export.deserialize(bytearray((folder / FUNCTION).read_bytes()))
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise RunError(f"{path} cannot be read ({err}); the exported model is damaged: "
+                           "export it again.") from None
+        if not isinstance(manifest, dict) or \
+                manifest.get("format_version") not in READABLE_VERSIONS:
+            version = manifest.get("format_version") if isinstance(manifest, dict) else None
+            raise RunError(f"{path}: format_version {version!r}, this loader reads "
+                           f"{list(READABLE_VERSIONS)}; export the model again.")
+        missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+        if missing:
+            raise RunError(f"{path} lacks {', '.join(missing)}; the exported model is damaged: "
+                           "export it again.")
+        _check_files(folder, manifest)
+        try:
+            exported = export.deserialize(bytearray((folder / FUNCTION).read_bytes()))
+        except Exception as err:  # noqa: BLE001 - damage shows as any error of the deserialiser
+            raise RunError(f"{folder / FUNCTION} cannot be read as an exported function "
+                           f"({type(err).__name__}); export the model again.") from None
         here = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
         if here not in exported.platforms:
             raise RunError(f"{folder} was exported for {list(exported.platforms)}; JAX runs "
                            f"on {here!r} here. Export the model again on such a machine.")
-        with np.load(folder / PARAMS) as f:
-            params = [f[f"p{i:04d}"] for i in range(len(f.files))]
+        params = _read_params(folder / PARAMS, exported, len(manifest["inputs"]))
         return cls(exported, params, manifest)
 
     @property
@@ -113,3 +134,47 @@ class Model:
         m = self.manifest
         return (f"Model({m['kind']}, {m['modality']}, inputs {self.inputs}, units {m['units']}, "
                 f"step {m['checkpoint']['step']})")
+
+
+def _check_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Refuses a missing file, or one whose SHA-256 differs from the manifest's."""
+    for name in (FUNCTION, PARAMS):
+        if not (folder / name).is_file():
+            raise RunError(f"{folder / name} is missing; the exported model is incomplete: "
+                           "export it again.")
+    for name, expected in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise RunError(f"{path} is missing; the exported model is incomplete: export it "
+                           "again.")
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise RunError(f"{path} differs from what was exported (its SHA-256 is not the "
+                           "manifest's): the file is damaged or was changed. Export the model "
+                           "again.")
+
+
+def _read_params(path: Path, exported: export.Exported, num_images: int) -> list[np.ndarray]:
+    """The parameters in ``path``, checked against the function's arguments."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = sorted(f.files)
+            params = [f[n] for n in names]
+    except Exception as err:  # noqa: BLE001 - a damaged archive raises many error types
+        raise RunError(f"{path} cannot be read ({type(err).__name__}: {err}); export the model "
+                       "again.") from None
+    specs = exported.in_avals[:len(exported.in_avals) - num_images]
+    expected = [f"p{i:04d}" for i in range(len(specs))]
+    if names != expected:
+        lost = sorted(set(expected) - set(names))
+        raise RunError(f"{path} holds {len(names)} parameter arrays, the exported function takes "
+                       f"{len(specs)}" + (f" (missing {', '.join(lost[:5])})" if lost else "")
+                       + "; export the model again.")
+    for name, p, spec in zip(names, params, specs, strict=True):
+        if tuple(p.shape) != tuple(spec.shape) or p.dtype != spec.dtype:
+            raise RunError(f"{path}: array {name} is {p.dtype}{list(p.shape)}, the function "
+                           f"takes {spec.dtype}{list(spec.shape)}; export the model again.")
+    return params

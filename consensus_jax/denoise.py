@@ -10,9 +10,10 @@ Inputs, by what ``--input`` is:
   (RescaleSlope/Intercept, clipped to the stored range);
 * ``.nii`` / ``.nii.gz`` (nibabel; ``pip install nibabel``): axial slices along the third axis,
   written as float32 with the input's affine;
-* ``.npy``: a stack [S, H, W] (or one slice [H, W]) in the model's units (CT: HU), written as
-  ``.npy``;
-* ``.npz`` with arrays ``x1`` and ``x2``: the two half reconstructions a consensus pair needs;
+* ``.npy``: a stack [S, H, W] (or one slice [H, W]) in HU, checked as data preparation checks
+  it (finite, no blank slice, values a scanner stores, a range like HU), written as ``.npy``;
+* ``.npz`` with arrays ``x1`` and ``x2``: the two half reconstructions a consensus pair needs
+  (an optional scalar ``pixel_size_mm`` is checked against the model's);
 * ``.h5``, a fastMRI multi-coil file of fully sampled k-space (MRI models): every slice is
   undersampled, split and reconstructed exactly as the training data was (the manifest's
   acceleration, centre lines and SENSE settings; ``--seed`` picks the masks), so the consensus
@@ -22,8 +23,9 @@ Inputs, by what ``--input`` is:
 
 A model trained as the consensus pair needs the two halves of each slice; a reconstructed scan
 has one image, so distil the pair first (``loss.kind=distill``). The output is written under a
-temporary name and renamed when complete, and an existing output is never replaced unless
-``--overwrite``.
+temporary name and renamed when complete. ``--overwrite`` replaces only an unchanged earlier
+output of this command, and the output may not be, contain or lie inside the input or the
+model (``consensus_jax.outputs``).
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from consensus_jax import artifact, errors
-from consensus_jax import workdir as wd
-from consensus_jax.errors import ConfigError, InputError, MissingInputError, OutputExistsError
+from consensus_jax import artifact, errors, outputs
+from consensus_jax.errors import ConfigError, InputError, MissingInputError
 
+#: The command named in the record of each output it writes (``consensus_jax.outputs``).
+COMMAND = "consensus_jax.denoise"
 #: Pixel spacings more than this factor away from the training data's are refused.
 SPACING_TOLERANCE = 1.5
-#: Plausible CT values (HU): outside, the input is probably not in HU.
-HU_RANGE = (-2100.0, 5000.0)
+#: Output suffixes for each kind of input (a DICOM series folder is written as a folder).
+OUTPUT_SUFFIXES = {"npy": (".npy",), "nifti": (".nii", ".nii.gz"), "fastmri": (".h5", ".hdf5")}
 
 
 def _trained_spacing(manifest: dict[str, Any]) -> float | None:
@@ -51,40 +54,69 @@ def _trained_spacing(manifest: dict[str, Any]) -> float | None:
     return geometry.get("image", {}).get("pixel_size_mm")
 
 
-def check_spacing(manifest: dict[str, Any], spacing_mm: float | None, source: str,
-                  allow: bool) -> None:
-    """Refuses a pixel spacing far from the one the model was trained on (noise texture and
-    structure sizes change with it) unless ``allow``."""
+def check_spacing(manifest: dict[str, Any], spacing_mm: float | tuple[float, ...] | None,
+                  source: str, allow: bool) -> None:
+    """Refuses a pixel spacing (one number, or one per image axis) far from the one the model
+    was trained on (noise texture and structure sizes change with it) unless ``allow``."""
     trained = _trained_spacing(manifest)
     if allow or trained is None or spacing_mm is None:
         return
-    ratio = spacing_mm / trained
-    if not 1 / SPACING_TOLERANCE <= ratio <= SPACING_TOLERANCE:
-        raise InputError(
-            f"{source}: pixel spacing {spacing_mm:.3g} mm, but the model was trained at "
-            f"{trained:.3g} mm ({ratio:.2f}x). Resample the scan, train on data like it, or "
-            "pass --allow_other_spacing to denoise anyway.")
+    for spacing in np.atleast_1d(spacing_mm):
+        ratio = float(spacing) / trained
+        if not 1 / SPACING_TOLERANCE <= ratio <= SPACING_TOLERANCE:
+            shown = " x ".join(f"{float(v):.3g}" for v in np.atleast_1d(spacing_mm))
+            raise InputError(
+                f"{source}: pixel spacing {shown} mm, but the model was trained at "
+                f"{trained:.3g} mm ({ratio:.2f}x). Resample the scan, train on data like it, or "
+                "pass --allow_other_spacing to denoise anyway.")
 
 
 def check_values(manifest: dict[str, Any], images: np.ndarray, source: str, allow: bool) -> None:
-    """Refuses non-finite values, and CT values that cannot be HU unless ``allow``."""
+    """Refuses what data preparation refuses: for CT (``ct.io.check_hu_stack``) non-finite
+    values, blank slices, values no scanner stores and, unless ``allow``, a range unlike HU;
+    for MRI non-finite values."""
+    if manifest["modality"] == "ct":
+        from consensus_jax.ct import io as ct_io  # noqa: PLC0415
+
+        ct_io.check_hu_stack(images, source, check_hu=not allow,
+                             allow_flag="--allow_unusual_values")
+        return
     finite = np.isfinite(images).reshape(images.shape[0], -1).all(axis=1)
     if not finite.all():
         raise InputError(f"{source}: slice {int(np.argmin(finite))} holds NaN or inf values; "
                          "repair or remove it.")
-    if manifest["modality"] == "ct" and not allow:
-        lo, hi = float(images.min()), float(images.max())
-        if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
-            raise InputError(
-                f"{source}: values span {lo:.4g} .. {hi:.4g}, outside {HU_RANGE[0]:.0f} .. "
-                f"{HU_RANGE[1]:.0f}: not HU, which the model expects. Convert to HU (stored "
-                "value x RescaleSlope + RescaleIntercept), or pass --allow_unusual_values.")
 
 
-def _output_guard(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} exists; pass --overwrite to replace it, or choose "
-                                "another --output.")
+def input_kind(source: Path) -> str:
+    """"dicom" (a folder), "nifti", "npy" (.npy or .npz) or "fastmri"."""
+    name = source.name.lower()
+    if source.is_dir():
+        return "dicom"
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith((".npy", ".npz")):
+        return "npy"
+    if name.endswith((".h5", ".hdf5")):
+        return "fastmri"
+    raise InputError(f"--input {source}: unknown format; pass a DICOM series folder, a .nii / "
+                     ".nii.gz file, a .npy stack, an .npz with x1 and x2, or a fastMRI .h5.")
+
+
+def check_paths(source: str | Path, output: str | Path, overwrite: bool,
+                model: str | Path | None = None) -> tuple[Path, Path, str]:
+    """(input, output, input kind) once the input exists, the output's name suits the input
+    and the output may be written there (``outputs.check_destination``): before any work."""
+    source, output = Path(source), Path(output)
+    if not source.exists():
+        raise MissingInputError(f"--input {source} does not exist.")
+    kind = input_kind(source)
+    protected = {"input": source, "model": Path(model) if model is not None else None}
+    outputs.check_destination(output, COMMAND, overwrite, protected)
+    suffixes = OUTPUT_SUFFIXES.get(kind)
+    if suffixes and not output.name.lower().endswith(suffixes):
+        raise ConfigError(f"--output {output}: a {kind} input is written as {' or '.join(suffixes)}"
+                          f"; name the output e.g. {output.name}{suffixes[0]}.")
+    return source, output, kind
 
 
 def _run(model: artifact.Model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
@@ -103,15 +135,13 @@ def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batc
 
     from consensus_jax.ct import io as ct_io  # noqa: PLC0415
 
+    _require_modality(model, "ct", f"{folder} (a DICOM series)")
     _require_single_image(model, f"{folder} (a DICOM series)")
-    if model.manifest["modality"] != "ct":
-        raise InputError(f"{folder} is a DICOM series; this model is for "
-                         f"{model.manifest['modality']} (complex images). Use a CT model.")
     volume = ct_io.read_dicom_series(folder)
     check_spacing(model.manifest, volume.pixel_size_mm, str(folder), allow_other_spacing)
     check_values(model.manifest, volume.hu, str(folder), allow_unusual_values)
     denoised = _run(model, [volume.hu], batch_size)
-    with wd.atomic_output(output, folder=True) as tmp:
+    with outputs.write_output(output, COMMAND, folder=True) as tmp:
         series_uid = generate_uid()
         step = model.manifest["checkpoint"]["step"]
         for path, hu in zip(volume.files, denoised, strict=True):
@@ -149,18 +179,23 @@ def denoise_nifti(model: artifact.Model, path: Path, output: Path, batch_size: i
     except ImportError:
         raise InputError(f"{path}: reading NIfTI needs nibabel: pip install nibabel (or "
                          "pip install -e '.[nifti]').") from None
+    _require_modality(model, "ct", f"{path} (a NIfTI image)")
     _require_single_image(model, f"{path} (a NIfTI image)")
-    image = nib.load(path)
-    data = np.asarray(image.dataobj, dtype=np.float32)
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        zooms = image.header.get_zooms()
+    except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib raise many error types
+        raise InputError(f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}); it may "
+                         "be truncated or damaged. Write it again.") from None
     if data.ndim == 2:
         data = data[..., None]
-    if data.ndim != 3:
-        raise InputError(f"{path}: a {data.ndim}-D image; expected one 3-D volume (x, y, "
+    if data.ndim != 3 or min(data.shape) < 1:
+        raise InputError(f"{path}: image of shape {data.shape}; expected one 3-D volume (x, y, "
                          "slice).")
-    zooms = image.header.get_zooms()
-    spacing = float(zooms[0]) if abs(zooms[0] - zooms[1]) < 1e-3 * zooms[0] else None
     slices = np.moveaxis(data, 2, 0)
-    check_spacing(model.manifest, spacing, str(path), allow_other_spacing)
+    check_spacing(model.manifest, (float(zooms[0]), float(zooms[1])), str(path),
+                  allow_other_spacing)
     check_values(model.manifest, slices, str(path), allow_unusual_values)
     denoised = np.moveaxis(_run(model, [slices], batch_size), 0, 2)
     header = image.header.copy()
@@ -168,28 +203,41 @@ def denoise_nifti(model: artifact.Model, path: Path, output: Path, batch_size: i
     out = nib.Nifti1Image(denoised.reshape(np.asarray(image.dataobj).shape).astype(np.float32),
                           image.affine, header)
     out.header.set_slope_inter(1.0, 0.0)
+    out.header["descrip"] = f"consensus-jax {model.manifest['kind']}"[:79].encode()
     return _write_file(output, lambda tmp: nib.save(out, tmp))
 
 
 def denoise_numpy(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
-                  allow_unusual_values: bool = False, **_: Any) -> Path:
-    """``.npy`` stack (single-image model) or ``.npz`` with x1, x2 (pair) -> ``.npy``."""
+                  allow_other_spacing: bool = False, allow_unusual_values: bool = False,
+                  **_: Any) -> Path:
+    """``.npy`` stack [S, H, W] or [H, W] in HU (single-image model) or ``.npz`` with x1, x2
+    (pair; an optional scalar ``pixel_size_mm`` is checked) -> ``.npy``. The files are read
+    and checked as data preparation reads them (``ct.io.read_numpy_stack``)."""
+    from consensus_jax.ct import io as ct_io  # noqa: PLC0415
+
+    _require_modality(model, "ct", f"{path} (a NumPy stack in HU)")
     if path.suffix == ".npz":
-        with np.load(path) as f:
-            missing = [k for k in model.inputs if k not in f.files]
-            if missing:
-                raise InputError(f"{path}: has arrays {f.files}; this model needs "
-                                 f"{model.inputs}.")
-            images = [np.asarray(f[k], np.float32) for k in model.inputs]
+        names = model.inputs
     else:
-        images = [np.asarray(np.load(path, allow_pickle=False), np.float32)]
-    single = images[0].ndim == 2
-    images = [x[None] if single else x for x in images]
-    if any(x.ndim != 3 for x in images):
-        raise InputError(f"{path}: arrays of shape {images[0].shape}; expected [S, H, W] (or "
-                         "[H, W]).")
-    for x in images:
-        check_values(model.manifest, x, str(path), allow_unusual_values)
+        _require_single_image(model, f"{path} (a NumPy stack)")
+        names = [None]
+    volumes = []
+    for name in names:
+        try:
+            volumes.append(ct_io.read_numpy_stack(path, key=name, check_hu=False))
+        except InputError as err:
+            if name is not None and "no array named" in str(err):
+                raise InputError(f"{path}: this model needs the arrays {model.inputs}; {err}"
+                                 ) from None
+            raise
+    images = [v.hu for v in volumes]
+    if any(x.shape != images[0].shape for x in images):
+        raise InputError(f"{path}: x1 {images[0].shape} and x2 {images[1].shape} differ in shape.")
+    for name, x in zip(names, images, strict=True):
+        check_values(model.manifest, x, f"{path}" + (f" ({name})" if name else ""),
+                     allow_unusual_values)
+    check_spacing(model.manifest, volumes[0].pixel_size_mm, str(path), allow_other_spacing)
+    single = np.load(path, mmap_mode="r").ndim == 2 if path.suffix == ".npy" else False
     denoised = _run(model, images, batch_size)
     denoised = denoised[0] if single else denoised
     return _write_file(output, lambda tmp: np.save(tmp, denoised.astype(np.float32)))
@@ -205,8 +253,7 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
     from consensus_jax.mri.masks import Undersampling  # noqa: PLC0415
 
     manifest = model.manifest
-    if manifest["modality"] != "mri":
-        raise InputError(f"{path} is MRI k-space; this model is for {manifest['modality']}.")
+    _require_modality(model, "mri", f"{path} (MRI k-space)")
     trained = manifest.get("trained_for", {})
     missing = [k for k in ("acceleration", "num_center_lines") if k not in trained]
     if missing:
@@ -252,9 +299,19 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
 
 
 def _write_file(output: Path, save: Callable[[Path], Any]) -> Path:
-    with wd.atomic_output(output) as tmp:
+    with outputs.write_output(output, COMMAND) as tmp:
         save(tmp)
     return output
+
+
+def _require_modality(model: artifact.Model, modality: str, what: str) -> None:
+    if model.manifest["modality"] != modality:
+        inputs = {"ct": "a CT DICOM series, a NIfTI volume or a .npy stack in HU",
+                  "mri": "a fastMRI multi-coil .h5 file"}
+        raise InputError(f"{what} is {modality.upper()} data, but this model is for "
+                         f"{model.manifest['modality'].upper()}: give it "
+                         f"{inputs[model.manifest['modality']]}, or use a "
+                         f"{modality.upper()} model.")
 
 
 def _require_single_image(model: artifact.Model, what: str) -> None:
@@ -267,25 +324,17 @@ def _require_single_image(model: artifact.Model, what: str) -> None:
 
 
 def denoise_path(model: artifact.Model, source: str | Path, output: str | Path,
-                 overwrite: bool = False, **options: Any) -> Path:
-    """Denoises ``source`` (DICOM folder, NIfTI, .npy, .npz) into ``output``."""
-    source, output = Path(source), Path(output)
-    if not source.exists():
-        raise MissingInputError(f"--input {source} does not exist.")
-    if source.resolve() == output.resolve():
-        raise InputError(f"--output {output} is the input; choose another path.")
-    _output_guard(output, overwrite)
-    name = source.name.lower()
-    if source.is_dir():
-        return denoise_dicom_series(model, source, output, **options)
-    if name.endswith((".nii", ".nii.gz")):
-        return denoise_nifti(model, source, output, **options)
-    if name.endswith((".npy", ".npz")):
-        return denoise_numpy(model, source, output, **options)
-    if name.endswith((".h5", ".hdf5")):
-        return denoise_fastmri(model, source, output, **options)
-    raise InputError(f"--input {source}: unknown format; pass a DICOM series folder, a .nii / "
-                     ".nii.gz file, a .npy stack, an .npz with x1 and x2, or a fastMRI .h5.")
+                 overwrite: bool = False, model_path: str | Path | None = None,
+                 **options: Any) -> Path:
+    """Denoises ``source`` (DICOM folder, NIfTI, .npy, .npz, fastMRI .h5) into ``output``.
+
+    ``output`` must not exist, or be an unchanged earlier output of this command and
+    ``overwrite`` be set; it must lie apart from ``source`` and ``model_path`` (neither equal
+    nor nested either way)."""
+    source, output, kind = check_paths(source, output, overwrite, model_path)
+    denoise = {"dicom": denoise_dicom_series, "nifti": denoise_nifti, "npy": denoise_numpy,
+               "fastmri": denoise_fastmri}[kind]
+    return denoise(model, source, output, **options)
 
 
 @errors.boundary
@@ -302,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_string("checkpoint", "best", "For a workdir: best, latest or a step.",
                         flag_values=fv)
     flags.DEFINE_integer("batch_size", 8, "Slices per call.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "Replace an existing --output.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an unchanged earlier output of this command "
+                      "at --output (never another file or folder).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "fastMRI input: seed of the undersampling masks and splits.",
                          flag_values=fv)
     flags.DEFINE_bool("allow_other_spacing", False, "Denoise although the pixel spacing is far "
@@ -316,10 +366,10 @@ def main(argv: list[str] | None = None) -> int:
                           "--output=OUT [--overwrite]")
     from consensus_jax import export  # noqa: PLC0415 - the training stack, for workdirs
 
-    _output_guard(Path(fv.output), fv.overwrite)  # before loading anything
+    check_paths(fv.input, fv.output, fv.overwrite, fv.model)  # before loading anything
     checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
     model = export.load(fv.model, checkpoint)
-    out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite,
+    out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite, model_path=fv.model,
                        batch_size=fv.batch_size, allow_other_spacing=fv.allow_other_spacing,
                        allow_unusual_values=fv.allow_unusual_values, seed=fv.seed)
     print(f"Denoised {fv.input} with {model!r} -> {out}")

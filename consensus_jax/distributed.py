@@ -17,7 +17,9 @@ docs/multihost.md shows the launch recipes.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
+import numpy as np
 from absl import flags
 
 from consensus_jax.errors import ConfigError
@@ -93,7 +95,45 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     except Exception as e:  # jax raises RuntimeError/ValueError/XlaRuntimeError here
         raise ConfigError(f"Could not join the multi-process run {where} within {timeout_s} s: "
                           f"{e}\n{_CHECK}") from e
+    if num_processes is not None:
+        # The coordinator's count is the one that counts: a process started with another
+        # --num_processes joins without complaint. Every process learns what every other one
+        # was asked, so that all of them stop (none waits for a peer that left).
+        from jax.experimental import multihost_utils
+
+        asked = np.asarray(multihost_utils.process_allgather(
+            np.asarray([num_processes, process_id], np.int32))).reshape(-1, 2)
+        check_joined(num_processes, process_id, jax.process_count(), jax.process_index(),
+                     [(int(n), int(i)) for n, i in asked])
     return True
+
+
+def check_joined(num_processes: int, process_id: int, process_count: int, process_index: int,
+                 asked: Sequence[tuple[int, int]] = ()) -> None:
+    """Raises ConfigError unless the run this process joined is the one its flags asked for.
+
+    Args:
+      num_processes, process_id: this process's --num_processes and --process_id.
+      process_count, process_index: what it joined (``jax.process_count()``, set by process 0's
+        --num_processes, and ``jax.process_index()``).
+      asked: (--num_processes, --process_id) of every process of the run, in process order.
+    """
+    counts = sorted({n for n, _ in asked} | {num_processes})
+    if len(counts) > 1:
+        each = ", ".join(f"process {i}: {n}" for n, i in asked)
+        raise ConfigError(f"The processes of this run were started with different "
+                          f"--num_processes ({each}); the run has {process_count} processes, the "
+                          "number process 0 was given. Start every process again with the same "
+                          "--num_processes: the number of processes you start.")
+    if num_processes != process_count:
+        raise ConfigError(f"--num_processes={num_processes}, but the run joined through the "
+                          f"coordinator has {process_count} processes (process 0's "
+                          f"--num_processes={process_count}). Start every process with the same "
+                          "--num_processes.")
+    if process_id != process_index:
+        raise ConfigError(f"--process_id={process_id}, but JAX made this process number "
+                          f"{process_index} of {process_count}. Give each process its own id in "
+                          f"0 .. {process_count - 1}.")
 
 
 def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> bool:

@@ -12,6 +12,8 @@ message (what, where, what to do) and exits with the error's status:
   4  a run folder, checkpoint or exported model that cannot be used (``RunError``)
   5  an output that exists and would be replaced (``OutputExistsError``)
   6  training stopped on a non-finite loss (``TrainingDiverged``)
+  7  an output that cannot be written: no permission, a read-only or full file system, a path
+     under a file (``OutputUnwritableError``; also a full or read-only disk met while writing)
 ==== ==============================================================================
 
 ``--verbose`` (or ``CONSENSUS_JAX_VERBOSE=1`` in the environment) shows the traceback of these
@@ -22,8 +24,10 @@ errors too. Each subclasses the built-in error it refines (``ValueError``, ``Fil
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -76,6 +80,12 @@ class TrainingDiverged(UserError, FloatingPointError):
     exit_code = 6
 
 
+class OutputUnwritableError(UserError, OSError):
+    """An output that cannot be written (no permission, read-only or full file system)."""
+
+    exit_code = 7
+
+
 def verbose() -> bool:
     """Whether tracebacks of the project's own errors are shown."""
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
@@ -111,7 +121,27 @@ def boundary(main: Callable[..., Any]) -> Callable[..., Any]:
             if verbose():
                 raise
             return report(err)
+        except Exception as err:  # noqa: BLE001 - a full disk met anywhere, e.g. in a checkpoint
+            disk = disk_error(err)
+            if disk is None or verbose():
+                raise
+            return report(OutputUnwritableError(
+                f"Writing {disk.filename or 'an output'} failed: {disk.strerror}. Free some space "
+                "(or make the folder writable) and run the command again; a training run "
+                "resumes from its last complete checkpoint."))
     return wrapped
+
+
+def disk_error(err: BaseException | None) -> OSError | None:
+    """The OSError of a full or read-only file system behind ``err`` (itself, its cause or
+    its context), or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def closest(name: str, choices: Sequence[str]) -> str:
@@ -162,13 +192,102 @@ def define_verbose_flag(flag_values: Any = None) -> None:
                           f"(or set {VERBOSE_ENV}=1).", flag_values=fv)
 
 
+#: Flags that ask for the usage (absl's spellings, and ``-h``); ``helpfull`` lists every flag.
+HELP_FLAGS = frozenset({"help", "h", "?", "helpshort", "helpfull"})
+
+
+def help_requested(argv: Sequence[str]) -> str | None:
+    """The help flag (a name of ``HELP_FLAGS``) among ``argv[1:]`` before a ``--``, or None.
+
+    ``--help``, ``-help``, ``-h`` and ``--help=true`` ask; ``--help=false`` does not.
+    """
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if not arg.startswith("-"):
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in HELP_FLAGS and (not eq or value.lower() in ("true", "t", "1", "yes")):
+            return name
+    return None
+
+
+def exit_if_help(flag_values: Any, argv: Sequence[str]) -> None:
+    """Prints the usage (the command's docstring and its flags with their help texts) on stdout
+    and ends the process with status 0 when ``argv`` asks for help (``help_requested``).
+
+    absl's own help flags exit with status 1 and know only its global flags; this serves every
+    command, those with a ``FlagValues`` of their own too, before any flag is parsed (so that
+    required flags need not be given).
+    """
+    asked = help_requested(argv)
+    if asked is None:
+        return
+    from absl import app, flags  # noqa: PLC0415
+
+    full = asked == "helpfull"
+    if flag_values is flags.FLAGS:
+        app.usage(shorthelp=not full, writeto_stdout=True)
+        if not full:
+            print("\nTry --helpfull to see every flag (those of absl, JAX and TFDS too).")
+    else:
+        main = sys.modules.get("__main__")
+        main_file = getattr(main, "__file__", None)
+        same = bool(argv) and main_file is not None and \
+            os.path.realpath(main_file) == os.path.realpath(argv[0])
+        doc = (main.__doc__ or "") if same else ""
+        print(doc.rstrip() or f"usage: {argv[0] if argv else 'the command'} [flags]")
+        print("\nflags:\n" + flag_values.get_help())
+    sys.stdout.flush()
+    raise SystemExit(0)
+
+
+def config_file_error(err: BaseException, argv: Sequence[str]) -> ConfigError | None:
+    """A ConfigError naming the ``--config`` file and the line where loading it failed (a syntax
+    error, an exception at import or inside ``get_config``), or None when ``err`` did not come
+    from that file.
+
+    ml_collections lets a syntax or import error of the file propagate as it is, and re-raises a
+    ValueError / TypeError of ``get_config`` with the whole traceback as its message: the
+    original error is found in the exception's chain.
+    """
+    import traceback  # noqa: PLC0415
+
+    spec = next((a.split("=", 1)[1] for a in argv if re.fullmatch(r"--?config=.*", a)), None)
+    if spec is None:
+        return None
+    path = os.path.realpath(spec.partition(":")[0])
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, SyntaxError) and cause.filename \
+                and os.path.realpath(cause.filename) == path:
+            return ConfigError(f"--config={spec}: {cause.filename}, line {cause.lineno}: "
+                               f"{type(cause).__name__}: {cause.msg}. Fix the file (python "
+                               f"{cause.filename} shows the same error).")
+        frames = [f for f in traceback.extract_tb(cause.__traceback__)
+                  if os.path.realpath(f.filename) == path]
+        if frames and "Error whilst parsing config file" not in str(cause):
+            detail = (str(cause).strip().splitlines() or [""])[0]
+            where = frames[-1]
+            return ConfigError(f"--config={spec}: loading the config failed at {where.filename}, "
+                               f"line {where.lineno} (in {where.name}): "
+                               f"{type(cause).__name__}: {detail}. Fix the config file.")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def parse_flags(flag_values: Any, argv: list[str]) -> list[str]:
-    """``flag_values(argv)``; a bad flag or an override of an unknown ``--config.*`` key raises
-    ConfigError (with the closest key) instead of absl's usage dump or a traceback. Turns
-    tracebacks on when ``--verbose`` is given."""
+    """``flag_values(argv)``; a bad flag, a ``--config`` file that does not load or an override
+    of an unknown ``--config.*`` key raises ConfigError (with the file's line or the closest key)
+    instead of absl's usage dump or a traceback. ``--help`` (``-h``, ``--helpfull``) prints the
+    usage and exits with status 0 (``exit_if_help``). Turns tracebacks on when ``--verbose`` is
+    given."""
     from absl import flags  # noqa: PLC0415
 
     set_verbose(_asks_verbose(argv))
+    exit_if_help(flag_values, argv)
     try:
         rest = flag_values(argv)
         if "config" in flag_values and flag_values["config"].present:
@@ -176,8 +295,12 @@ def parse_flags(flag_values: Any, argv: list[str]) -> list[str]:
             # now, inside this try.
             getattr(flag_values["config"].value, "keys", None)
     except flags.Error as err:
-        raise ConfigError(f"{err}. Pass --helpfull to see the flags.") from None
+        raise config_file_error(err, argv) or \
+            ConfigError(f"{err}. Pass --helpfull to see the flags.") from None
     except (AttributeError, KeyError) as err:  # ml_collections: an override of an unknown key
+        in_file = config_file_error(err, argv)
+        if in_file is not None:  # ... unless the config file itself raised it
+            raise in_file from None
         overrides = [a.split("=", 1)[0][len("--config."):] for a in argv[1:]
                      if a.startswith("--config.")]
         check_overrides(_load_config_flag(argv), overrides)
@@ -186,6 +309,11 @@ def parse_flags(flag_values: Any, argv: list[str]) -> list[str]:
         spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
         detail = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
         raise ConfigError(f"--config={spec}: cannot load the config file: {detail}") from None
+    except Exception as err:  # a syntax error or an exception raised by the config file
+        in_file = config_file_error(err, argv)
+        if in_file is None:
+            raise
+        raise in_file from None
     if "verbose" in flag_values:
         set_verbose(flag_values.verbose)
     return rest

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from consensus_jax import input_pipeline, metrics, train_lib
+from consensus_jax import outputs as output_paths
 from consensus_jax import workdir as wd
 from consensus_jax.errors import ConfigError, InputError, RunError
 from consensus_jax.runs import (  # noqa: F401 - part of evaluation's interface
@@ -223,6 +225,7 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder (it is created if missing).")
+    output_paths.check_writable(out / "table.md", "--out")
     if figure_slice < 0:
         raise ConfigError(f"--figure_slice={figure_slice}: must be a test slice index >= 0.")
     if zoom_box is not None and (len(zoom_box) != 3 or min(zoom_box) < 0 or zoom_box[2] < 2):
@@ -301,8 +304,13 @@ def trajectory(run_dirs: Sequence[str | Path], out_dir: str | Path,
                batch_size: int = 4) -> Path:
     """Test metrics (mean over slices, against the paper's reference) of every kept checkpoint of
     each run and of its best-validation checkpoint: how the test error moved during training and
-    where validation selected. Writes trajectory.md and trajectory.json into ``out_dir``."""
-    rows = []
+    where validation selected. Writes trajectory.md and trajectory.json into ``out_dir``.
+
+    A checkpoint that does not restore (a damaged file) is left out of the scores, named with
+    the first line of its error in a warning, in trajectory.md and as a row with an ``error``
+    (and no metrics) in trajectory.json; RunError when none of them restores.
+    """
+    rows, unrestored = [], []
     for d in run_dirs:
         config = wd.load_config(d)
         method = train_lib.Method.from_config(config)
@@ -310,10 +318,17 @@ def trajectory(run_dirs: Sequence[str | Path], out_dir: str | Path,
         mngr = wd.checkpoint_manager(Path(d), keep=1_000_000)
         steps = sorted(mngr.all_steps())
         mngr.close()
-        _, best_step, why = resolve_checkpoint(d, "best")
+        resolve_checkpoint(d, "best")  # a run without checkpoints: MissingRunError, train it
         first_ref = REFERENCES[config.modality][0][1]
         for checkpoint in [*steps, "best"]:
-            params, step, _ = load_params(d, method, config, checkpoint)
+            try:
+                params, step, _ = load_params(d, method, config, checkpoint)
+            except RunError as err:  # this one is damaged; the others may still be scored
+                first_line = (str(err).strip().splitlines() or [""])[0]
+                unrestored.append({"run": str(d), "checkpoint": str(checkpoint),
+                                   "step": checkpoint if isinstance(checkpoint, int) else None,
+                                   "error": first_line})
+                continue
             outputs = predict(method, params, images, batch_size)
             for result in score(config.modality, outputs, images):
                 if result.reference != first_ref:
@@ -321,6 +336,14 @@ def trajectory(run_dirs: Sequence[str | Path], out_dir: str | Path,
                 rows.append({"run": str(d), "checkpoint": str(checkpoint), "step": step,
                              "method": result.method, "reference": first_ref,
                              **{k: float(np.mean(v)) for k, v in result.values.items()}})
+    failures = "; ".join(f"{u['run']} checkpoint {u['checkpoint']}: {u['error']}"
+                         for u in unrestored)
+    if not rows:
+        raise RunError(f"No checkpoint of {', '.join(map(str, run_dirs))} restores, so nothing "
+                       f"is scored: {failures}")
+    if unrestored:
+        warnings.warn(f"Left out of the trajectory, as they do not restore: {failures}",
+                      stacklevel=2)
     metric_names = [k for k in rows[0] if k not in
                     ("run", "checkpoint", "step", "method", "reference")]
     lines = ["| run | checkpoint | step | method | "
@@ -331,10 +354,13 @@ def trajectory(run_dirs: Sequence[str | Path], out_dir: str | Path,
         label = "best (validation)" if r["checkpoint"] == "best" else "kept"
         lines.append(f"| {r['run']} | {label} | {r['step']} | {r['method']} | "
                      + " | ".join(f"{r[m]:.2f}" for m in metric_names) + " |")
+    if unrestored:
+        lines += ["", "Not scored, as they do not restore:"]
+        lines += [f"- {u['run']}, checkpoint {u['checkpoint']}: {u['error']}" for u in unrestored]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = "\n".join(lines) + "\n"
     wd.atomic_write(out / "trajectory.md", table, keep=True)
-    wd.atomic_write(out / "trajectory.json", json.dumps(rows, indent=1), keep=True)
+    wd.atomic_write(out / "trajectory.json", json.dumps(rows + unrestored, indent=1), keep=True)
     print(table)
     return out / "trajectory.md"

@@ -32,9 +32,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from consensus_jax import input_pipeline, metrics, runs, train_lib
+from consensus_jax import input_pipeline, metrics, outputs, runs, train_lib
 from consensus_jax import workdir as wd
-from consensus_jax.errors import ConfigError, MissingRunError
+from consensus_jax.errors import ConfigError, MissingRunError, OutputUnwritableError
 
 #: Environment variable for the tests of exact resume: the process exits (status
 #: ``CRASH_EXIT_STATUS``, no cleanup) right after this step, as a crash between steps would.
@@ -267,6 +267,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     """
     workdir = Path(workdir)
     check_config(config)
+    outputs.check_writable(workdir / "config.json", "--workdir")
     method = train_lib.Method.from_config(config)
     tcfg = config.train
     pid, nproc = jax.process_index(), jax.process_count()
@@ -331,10 +332,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                 val_images = teacher.add_outputs(val_images)
             validator = _Validator(config, method, workdir, val_images, replicated)
         elif pid == 0:
+            built_with = input_pipeline.dataset_metadata(config.data).get(
+                "num_validation_patients")
+            why = ("it was built with --config.num_validation_patients=0" if built_with == 0
+                   else "it was built before validation splits existed")
             print(f"Note: the dataset {config.data.name}/{config.data.config} has no "
-                  f"{val_split!r} split (built before validation splits existed): training "
-                  "without validation, best-checkpoint selection or early stopping. Rebuild it "
-                  "with data_prep to get one.")
+                  f"{val_split!r} split ({why}): training without validation, best-checkpoint "
+                  "selection or early stopping. Rebuild it with data_prep and "
+                  "--config.num_validation_patients=1 or more (and a new --config.name) to get "
+                  "one, or pass --config.train.eval_every_steps=0 to train without it.")
 
     patch_pixels = tcfg.patch_size_px ** 2
     schedule = train_lib.PatchSchedule(steps_per_epoch, int(tcfg.batch_size), num_slices,
@@ -374,6 +380,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                 state, step_metrics = train_step(state, batch, step_key)
             return state, step_metrics
 
+    checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
     logger = _Logger(workdir, bool(tcfg.get("tensorboard", True)), enabled=pid == 0)
     exit_at = int(os.environ.get(CRASH_AFTER_STEP, "0") or 0)
     bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
@@ -424,6 +431,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
                     postfix.update(val=f"{validator.best_loss:.4g}@{validator.best_step}")
             bar.set_postfix(postfix)
             if done % tcfg.checkpoint_every_steps == 0 or done == total_steps or stop_early:
+                _ensure_checkpoint_space(mngr, workdir, done, checkpoint_bytes)
                 wd.save_state(mngr, done, state)
             if stop_early:
                 if pid == 0:
@@ -445,6 +453,23 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
     if validator is not None:
         validator.close()
     return state, method
+
+
+def _ensure_checkpoint_space(mngr: ocp.CheckpointManager, workdir: Path, step: int,
+                             checkpoint_bytes: int) -> None:
+    """Stops the run with one message, before a checkpoint is started on a file system that
+    cannot hold it (orbax would fail half-way, from its writer threads), keeping the last
+    complete checkpoint. The margin covers orbax's metadata and the best checkpoint."""
+    try:
+        outputs.ensure_space(workdir, int(checkpoint_bytes * 1.5) + (1 << 20),
+                             f"The checkpoint of step {step} in {workdir}")
+    except OutputUnwritableError as err:
+        mngr.wait_until_finished()
+        last = mngr.latest_step()
+        mngr.close()
+        kept = (f" The last complete checkpoint, step {last}, is kept: the run resumes from it."
+                if last is not None else " No checkpoint was written yet.")
+        raise OutputUnwritableError(f"{err}{kept}") from None
 
 
 def replicate(tree: Any, sharding: NamedSharding) -> Any:

@@ -27,10 +27,11 @@ import numpy as np
 from jax import export
 
 import consensus_jax
-from consensus_jax import artifact, errors, input_pipeline, runs, train_lib
-from consensus_jax import workdir as wd
-from consensus_jax.errors import ConfigError, MissingRunError, OutputExistsError
+from consensus_jax import artifact, errors, input_pipeline, outputs, runs, train_lib
+from consensus_jax.errors import ConfigError, MissingRunError
 
+#: The command named in the record of each folder it writes (``consensus_jax.outputs``).
+COMMAND = "consensus_jax.export"
 #: Platforms the function is lowered for (one artifact runs on either).
 PLATFORMS = ("cpu", "cuda")
 #: Physical units of the images a model sees, and the factor the network's inputs are divided by.
@@ -106,16 +107,19 @@ def _describe_inputs(modality: str, method: train_lib.Method) -> str:
 
 def write(exported: export.Exported, params: list[np.ndarray], manifest: dict[str, Any],
           out: str | Path, overwrite: bool = False) -> Path:
-    """Writes the folder ``out`` all at once (a temporary folder renamed at the end)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it, or choose another "
-                                "--out.")
-    with wd.atomic_output(out, folder=True) as tmp:
+    """Writes the folder ``out`` all at once (a temporary folder renamed at the end); the
+    manifest lists each file's SHA-256. An existing ``out`` is replaced only when ``overwrite``
+    and it is an unchanged earlier export (``consensus_jax.outputs``)."""
+    workdir = Path(manifest["checkpoint"]["workdir"])
+    out = outputs.check_destination(out, COMMAND, overwrite, {"training workdir": workdir},
+                                    flag="--out")
+    with outputs.write_output(out, COMMAND, folder=True) as tmp:
         (tmp / artifact.FUNCTION).write_bytes(exported.serialize())
         np.savez(tmp / artifact.PARAMS, **{f"p{i:04d}": p for i, p in enumerate(params)})
-        (tmp / artifact.MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.copyfile(artifact.__file__, tmp / "load_model.py")
+        files = {name: outputs.sha256(tmp / name)
+                 for name in (artifact.FUNCTION, artifact.PARAMS, "load_model.py")}
+        (tmp / artifact.MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=1))
     return out
 
 
@@ -140,16 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_string("out", None, "Folder to write (must not exist).", flag_values=fv)
     flags.DEFINE_string("checkpoint", "best", "best (lowest validation loss), latest, or a step.",
                         flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an unchanged earlier export at --out (never "
+                      "another folder).", flag_values=fv)
     errors.define_verbose_flag(fv)
     errors.parse_flags(fv, argv or sys.argv)
     if not fv.workdir or not fv.out:
         raise ConfigError("usage: python -m consensus_jax.export --workdir=RUN --out=FOLDER "
                           "[--checkpoint=best|latest|STEP] [--overwrite]")
-    out = Path(fv.out)
-    if out.exists() and not fv.overwrite:  # before the slow part
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it, or choose "
-                                "another --out.")
+    # Before the slow part: where the export would go, and whether it may go there.
+    out = outputs.check_destination(fv.out, COMMAND, fv.overwrite,
+                                    {"training workdir": Path(fv.workdir)}, flag="--out")
     checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
     exported, params, manifest = build(fv.workdir, checkpoint)
     write(exported, params, manifest, out, overwrite=fv.overwrite)

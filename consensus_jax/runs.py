@@ -121,14 +121,36 @@ def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collec
         candidates, lambda c: wd.restore_params(c[0], c[1], params, replicated, opt_state_shapes))
     failures = "; ".join(f"{folder / str(s)} ({wd.brief(e)})" for (folder, s, _), e in failed)
     if chosen is None:
-        raise RunError(f"{workdir}: no checkpoint restores ({failures}). If the run's config "
-                       "changed its layer sizes, evaluate it with the config it was trained with.")
+        raise RunError(_why_none_restores(Path(workdir), failed, params)) from failed[0][1]
     _, s, reason = chosen
     if failed:
         reason = reason or f"step {step} ({why}) unreadable; the newest intact kept step"
         warnings.warn(f"{workdir}: could not restore {failures}; using step {s} instead.",
                       stacklevel=2)
     return restored, s, reason
+
+
+def _why_none_restores(workdir: Path, failed: list[tuple[tuple[Path, int, str], Exception]],
+                       params: Any) -> str:
+    """The message of a run none of whose checkpoints restores: the stored parameters have
+    other shapes than the run's own config makes (the model code changed since), or the
+    checkpoints are damaged (each with the file or folder its error names)."""
+    (folder, step, _), _ = failed[0]
+    mismatch = wd.shape_mismatch(folder, step, params)
+    if mismatch:
+        shown = "\n".join(f"  {line}" for line in mismatch[:8])
+        more = f"\n  ... and {len(mismatch) - 8} more" if len(mismatch) > 8 else ""
+        return (f"{workdir}: no checkpoint restores: {folder / str(step)} stores parameters of "
+                f"other shapes than the run's config.json makes:\n{shown}{more}\nThe model code "
+                "changed since the run was trained: evaluate it with the version that trained "
+                "it, or train it again.")
+    each = "; ".join(f"{wd.damaged_file(e, f / str(s))} ({wd.short_error(e)})"
+                     for (f, s, _), e in failed)
+    known = "the stored shapes match the run's config" if mismatch == [] else \
+        "not even the stored shapes can be read"
+    return (f"{workdir}: no checkpoint restores; the checkpoints are damaged (a truncated or "
+            f"missing file; {known}): {each}. Restore them "
+            "from a backup, or train the run again (--verbose shows the whole error).")
 
 
 def load_run(workdir: str | Path, checkpoint: str | int = "best"

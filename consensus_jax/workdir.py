@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -60,32 +59,6 @@ def atomic_open(path: str | Path, mode: str = "w", keep: bool = False) -> Iterat
     if keep:
         keep_previous(path)
     os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
-    """Yields a temporary path beside ``path`` (a file, or with ``folder=True`` a new folder) and
-    moves it into place, replacing an old ``path``, only when the block succeeds; a failure
-    removes it and leaves ``path`` as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private
-    else:
-        tmp = path.with_name(f".{path.name}.partial{''.join(path.suffixes)}")
-    try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif folder and path.exists():
-            path.unlink()
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write(path: str | Path, data: str | bytes, keep: bool = False) -> Path:
@@ -291,22 +264,129 @@ def first_restorable(candidates: Sequence[Any], restore: Callable[[Any], Any]
     return None, None, failed
 
 
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``"a/b/c"`` -> shape of every array of a pytree: arrays, ShapeDtypeStructs or the
+    ArrayMetadata of a checkpoint's stored tree."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves
+            if hasattr(leaf, "shape")}
+
+
+def _stored_tree(item_dir: Path) -> Any:
+    """The stored tree of one orbax item (its ``_METADATA``: names, shapes and dtypes, no
+    array read)."""
+    metadata = ocp.StandardCheckpointHandler().metadata(item_dir.absolute())
+    return getattr(metadata, "tree", metadata)
+
+
+def shape_mismatch(directory: Path, step: int, params: Any, opt_state: Any = None
+                   ) -> list[str] | None:
+    """How the shapes stored in checkpoint ``step`` of ``directory`` differ from ``params``'
+    (and ``opt_state``'s, when given): one line per parameter (``name: stored (8,), this run
+    (4,)``, or missing on either side), [] when they agree, None when the stored metadata
+    cannot be read (the checkpoint is damaged).
+
+    Optimizer states are compared by their list of shapes alone: their stored names need not
+    match the names of optax's state classes.
+    """
+    step_dir = directory / str(step)
+    try:
+        if _is_legacy(directory, step):
+            stored = _stored_tree(step_dir / "default")
+            stored_params, stored_opt = stored["params"], stored.get("opt_state")
+        else:
+            stored_params = _stored_tree(step_dir / "params")
+            stored_opt = _stored_tree(step_dir / "opt_state") if opt_state is not None and \
+                (step_dir / "opt_state").is_dir() else None
+        have = leaf_shapes(stored_params)
+        stored_opt_shapes = sorted(leaf_shapes(stored_opt).values()) \
+            if stored_opt is not None else None
+    except Exception:  # noqa: BLE001 - an unreadable or garbled _METADATA: damage
+        return None
+    want = leaf_shapes(params)
+    lines = [f"{name}: stored {have.get(name, 'nothing')}, this run "
+             f"{want.get(name, 'nothing')}"
+             for name in sorted(set(have) | set(want)) if have.get(name) != want.get(name)]
+    if opt_state is not None and stored_opt_shapes is not None:
+        want_opt = sorted(leaf_shapes(opt_state).values())
+        if stored_opt_shapes != want_opt:
+            lines.append(f"optimizer state: stored {len(stored_opt_shapes)} arrays, this run's "
+                         f"optimizer {len(want_opt)}" + (" of other shapes" if len(want_opt) ==
+                                                         len(stored_opt_shapes) else ""))
+    return lines
+
+
+def damaged_file(err: BaseException, step_dir: Path) -> Path:
+    """The file under ``step_dir`` that an error of reading checkpoint ``step_dir`` names (the
+    first path in its message or its causes' that lies there), else ``step_dir`` itself."""
+    root = str(step_dir.absolute())
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        for match in re.finditer(r"(?:file://)?(/[^\s'\",;:)\]]+)", str(cause)):
+            if match.group(1).startswith(root):
+                return Path(match.group(1))
+        cause = cause.__cause__ or cause.__context__
+    return step_dir
+
+
+def short_error(err: BaseException) -> str:
+    """``brief`` without TensorStore's dump of its spec (hundreds of characters)."""
+    return brief(err).split(" See full TensorStore details")[0][:200]
+
+
+def describe_unrestorable(directory: Path, failed: Sequence[tuple[int, BaseException]],
+                          params: Any, opt_state: Any = None, what: str = "this run's state",
+                          fix_shapes: str = "use a new --workdir for the new shapes, or train "
+                          "with the config the run was trained with") -> str:
+    """Why no checkpoint of ``directory`` restores (``failed``: (step, error), newest first):
+    the stored shapes differ from this run's (named parameter by parameter, with ``fix_shapes``
+    as the remedy), or the checkpoints are damaged (named step by step with the file or folder
+    the error points at, and what to do)."""
+    steps = sorted(s for s, _ in failed)
+    newest, err = failed[0]
+    mismatch = shape_mismatch(directory, newest, params, opt_state)
+    head = f"No checkpoint in {directory} (steps {steps}) restores into {what}"
+    if mismatch:
+        shown = "\n".join(f"  {line}" for line in mismatch[:8])
+        more = f"\n  ... and {len(mismatch) - 8} more" if len(mismatch) > 8 else ""
+        return (f"{head}: the stored parameters have other shapes than this config makes:\n"
+                f"{shown}{more}\nThe config changed the model's shapes: {fix_shapes}.")
+    each = "; ".join(f"step {s}: {damaged_file(e, directory / str(s))} ({short_error(e)})"
+                     for s, e in failed)
+    folders = ", ".join(str(directory / str(s)) for s, _ in failed)
+    known = "the stored shapes match this config" if mismatch == [] else \
+        "not even the stored shapes can be read"
+    return (f"{head}: {'it is' if len(failed) == 1 else 'they are'} damaged (a truncated or "
+            f"missing file; {known}): {each}. Restore "
+            f"{'that folder' if len(failed) == 1 else 'those folders'} from a backup, or delete "
+            f"{folders} to start over without {'it' if len(failed) == 1 else 'them'} "
+            "(--verbose shows the whole error).")
+
+
 def restore_latest_intact(directory: Path, steps: list[int], target: Any) -> tuple[Any, int]:
     """(state, step) of the newest checkpoint in ``directory`` that restores into ``target``.
 
     A newer one that fails while an older one restores is damaged (a truncated file, a disk
     that filled up): it is renamed ``<step>.unreadable`` (kept for inspection, ignored from then
-    on) with a warning, and training resumes from the older one. When none restores, the config
-    does not fit the run (e.g. other layer sizes): RunError with the newest step's error.
+    on) with a warning, and training resumes from the older one. When none restores, RunError
+    says why (``describe_unrestorable``): the stored shapes differ from the config's (which
+    parameters), or the checkpoints are damaged (which files, and what to do).
     """
     state, step, failed = first_restorable(sorted(steps, reverse=True),
                                            lambda s: restore_state(directory, s, target))
     if step is None:
-        newest, err = failed[0]
-        raise RunError(f"No checkpoint in {directory} (steps {sorted(steps)}) restores into this "
-                       f"run's state; the newest (step {newest}) fails with {brief(err)} If the "
-                       "config changed the model's shapes, use a new --workdir (--verbose shows "
-                       "the whole error).") from err
+        raise RunError(describe_unrestorable(directory, failed, target.params,
+                                             target.opt_state)) from failed[0][1]
     for bad, err in failed:
         aside = directory / f"{bad}.unreadable"
         os.replace(directory / str(bad), aside)

@@ -128,6 +128,10 @@ def builder_config(modality: Modality, config: ml_collections.ConfigDict,
                 if getattr(presets[name], k) != v}
 
     name = config.name
+    base = preset if preset in presets else name if name in presets else DEFAULT_PRESET
+    # The values first, whatever the name: one out of range is named with its allowed range
+    # (not only as a change of the preset), and never reaches the builder.
+    check_values(dataclasses.replace(presets[base], **values))
     if name in presets:
         changed = changes(name)
         if changed:
@@ -144,15 +148,21 @@ def builder_config(modality: Modality, config: ml_collections.ConfigDict,
                           f"--config.name to build or reuse that preset.")
     base = preset if preset in presets else DEFAULT_PRESET
     changed = {k: b for k, (_, b) in changes(base).items()}
-    new = dataclasses.replace(presets[base], name=name, description=f"{base} with {changed}",
-                              **values)
+    return dataclasses.replace(presets[base], name=name, description=f"{base} with {changed}",
+                               **values)
+
+
+def check_values(config) -> None:
+    """Raises ConfigError unless the builder config's values are in range (its ``validate``,
+    which names the ``--config.<field>``) and make a scan (its ``metadata``)."""
     try:
-        new.metadata()
-        if hasattr(new, "validate"):
-            new.validate()
-    except ValueError as err:
-        raise ConfigError(f"--config.name={name}: {err}") from None
-    return new
+        if hasattr(config, "validate"):
+            config.validate()
+        config.metadata()
+    except ConfigError:
+        raise
+    except ValueError as err:  # a range check of a class the config builds (e.g. the coils)
+        raise ConfigError(f"--config: {err} Change that --config.<field> value.") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -231,7 +241,10 @@ def _preset_of(flag_values: flags.FlagValues) -> str:
 
 
 def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
-    """``flag_values(argv)``; a bad flag stops with its message, without a traceback."""
+    """``flag_values(argv)``; a bad flag or a config file that does not load stops with its
+    message, without a traceback. ``--help`` (``-h``, ``--helpfull``) prints the usage and exits
+    with status 0."""
+    errors.exit_if_help(flag_values, argv)
     try:
         return flag_values(list(argv))
     except flags.Error as err:
@@ -240,10 +253,22 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]
         # the original error (e.g. an unknown preset) instead.
         while "Error whilst parsing config file" in str(cause) and cause.__context__:
             cause = cause.__context__
-        message = str(err) if cause is err else f"--config: {cause}"
+        if cause is err or isinstance(cause, UserError):
+            message = str(err) if cause is err else f"--config: {cause}"
+        else:  # a bug in a config file of the user's: name its line
+            raise errors.config_file_error(cause, argv) or \
+                ConfigError(f"--config: {cause}") from None
     except (AttributeError, KeyError) as err:  # config_flags: --config.<not a field>
+        in_file = errors.config_file_error(err, argv)
+        if in_file is not None:  # ... unless the config file itself raised it
+            raise in_file from None
         field = str(err).strip("'\"")
         message = f"--config.{field}: the data config has no field {field!r}."
+    except Exception as err:  # a syntax error or an exception at import of the config file
+        in_file = errors.config_file_error(err, argv)
+        if in_file is None:
+            raise
+        raise in_file from None
     raise ConfigError(f"{message}\nPass --helpfull to see the flags.") from None
 
 
@@ -275,9 +300,46 @@ def build(modality: Modality, config, data_dir: str | Path, manual_dir: Path | N
     t0 = time.time()
     download_config = tfds.download.DownloadConfig(
         manual_dir=str(manual_dir) if manual_dir else None)
-    builder.download_and_prepare(download_config=download_config)
+    created = _missing_folders(builder, Path(data_dir))
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except BaseException:
+        _remove_created(created)
+        raise
     print(f"Built {builder.data_dir} in {time.time() - t0:.0f} s.")
     return builder
+
+
+def _missing_folders(builder, data_dir: Path) -> list[tuple[Path, bool]]:
+    """The folders a build of ``builder`` may create under ``data_dir`` (``data_dir`` too) that
+    do not exist yet, deepest first, each with whether it is this build's own (True: removed
+    whole after a failure) or shared with other builds (False: removed only when empty).
+
+    TFDS writes the dataset into a temporary folder that it removes itself when the build fails,
+    but leaves the folders around it: ``<data_dir>/<dataset>/<config>``, the dataset's
+    ``.config``, ``downloads/extracted`` and ``data_dir`` itself.
+    """
+    version_dir = Path(builder.data_dir)
+    config_dir = version_dir.parent
+    dataset_dir = config_dir.parent
+    candidates = [(version_dir, True), (config_dir, True), (dataset_dir / ".config", True),
+                  (data_dir / "downloads" / "extracted", False), (data_dir / "downloads", False),
+                  (dataset_dir, False), (data_dir, False)]
+    return [(path, own) for path, own in candidates if not path.exists()]
+
+
+def _remove_created(created: list[tuple[Path, bool]]) -> None:
+    """Removes what a failed build created (``_missing_folders``): never a folder that existed
+    before it, nor a shared one that holds anything (another build's output)."""
+    import shutil
+
+    for path, own in created:
+        if not path.is_dir() or path.is_symlink():
+            continue
+        if own:
+            shutil.rmtree(path, ignore_errors=True)
+        elif not any(path.iterdir()):
+            path.rmdir()
 
 
 def report(builder, make: Callable[[Any], dict], name: str = "split_diagnostic.json") -> dict:

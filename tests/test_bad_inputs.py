@@ -139,7 +139,117 @@ def _bad_manifest(model: Path) -> Callable[[Path], None]:
         manifest = json.loads((tmp / "model" / "manifest.json").read_text())
         manifest["format_version"] = 99
         (tmp / "model" / "manifest.json").write_text(json.dumps(manifest))
+        np.save(tmp / "in.npy", _slices(None).astype(np.float32))
     return setup
+
+
+def _edited_model(change: Callable[[Path, dict], None], rehash: bool = False,
+                  then: Callable[[Path], None] | None = None
+                  ) -> Callable[[Path], Callable[[Path], None]]:
+    """A copy of the exported model as {tmp}/model, changed by ``change(folder, manifest)``
+    (the manifest is written back unless ``change`` wrote the file itself), beside an input
+    {tmp}/in.npy; ``then(tmp)`` may add other inputs. ``rehash`` records the changed files'
+    SHA-256 in the manifest, so that the damage itself (not the checksum) is what the loader
+    meets."""
+    def from_model(model: Path) -> Callable[[Path], None]:
+        def setup(tmp: Path) -> None:
+            folder = tmp / "model"
+            shutil.copytree(model, folder)
+            text = (folder / "manifest.json").read_text()
+            manifest = json.loads(text)
+            change(folder, manifest)
+            if rehash:
+                manifest["files"] = {k: hashlib.sha256((folder / k).read_bytes()).hexdigest()
+                                     for k in manifest["files"] if (folder / k).exists()}
+            if (folder / "manifest.json").read_text() == text:
+                (folder / "manifest.json").write_text(json.dumps(manifest))
+            np.save(tmp / "in.npy", _slices(None, None).astype(np.float32))
+            if then is not None:
+                then(tmp)
+        return setup
+    return from_model
+
+
+def _truncate(folder: Path, name: str) -> None:
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2])
+
+
+def _drop_parameter(folder: Path, manifest: dict) -> None:
+    with np.load(folder / "params.npz") as f:
+        arrays = {k: f[k] for k in f.files if k != "p0003"}
+    np.savez(folder / "params.npz", **arrays)
+
+
+def _modality(modality: str, inputs: list[str] | None = None) -> Callable[[Path, dict], None]:
+    def change(folder: Path, manifest: dict) -> None:
+        manifest["modality"] = modality
+        if inputs:
+            manifest["inputs"] = inputs
+    return change
+
+
+def _two_places(run: Path) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        shutil.copytree(run, tmp / "root" / "run_a")
+        (tmp / "root" / "run_b").mkdir()
+        (tmp / "root" / "run_b" / "notes.txt").write_text("another run's notes")
+    return setup
+
+
+def _scan_in_folder(tmp: Path) -> None:
+    dicom_series(tmp / "P" / "scan")
+    (tmp / "P" / "notes.txt").write_text("the user's notes")
+
+
+def _npy_in_folder(tmp: Path) -> None:
+    (tmp / "Q").mkdir()
+    np.save(tmp / "Q" / "scan.npy", _slices(None, None).astype(np.float32))
+
+
+def _foreign(tmp: Path) -> None:
+    np.save(tmp / "in.npy", _slices(None, None).astype(np.float32))
+    np.save(tmp / "other.npy", _slices(None).astype(np.float32))  # the user's, not ours
+    (tmp / "folder").mkdir()
+    (tmp / "folder" / "data.txt").write_text("the user's")
+
+
+def _trained_at(pixel_mm: float) -> Callable[[Path, dict], None]:
+    def change(folder: Path, manifest: dict) -> None:
+        manifest["trained_for"] = {"geometry": {"image": {"pixel_size_mm": pixel_mm}}}
+    return change
+
+
+def _nifti(zooms: tuple[float, float]) -> Callable[[Path], None]:
+    """A NIfTI volume {tmp}/in.nii.gz with pixels of ``zooms`` mm."""
+    def setup(tmp: Path) -> None:
+        import nibabel as nib
+
+        image = nib.Nifti1Image(np.moveaxis(_slices(None, None), 0, 2).astype(np.float32),
+                                np.diag([zooms[0], zooms[1], 2.5, 1.0]))
+        nib.save(image, tmp / "in.nii.gz")
+    return setup
+
+
+def _truncated_nifti(tmp: Path) -> None:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.moveaxis(_slices(None, None), 0, 2).astype(np.float32),
+                            np.diag([0.7, 0.7, 2.5, 1.0]))
+    nib.save(image, tmp / "in.nii.gz")
+    _truncate(tmp, "in.nii.gz")
+
+
+def _truncated_numpy(name: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        stack = _slices(None, None).astype(np.float32)
+        np.save(tmp / name, stack) if name.endswith(".npy") else np.savez(tmp / name, x=stack)
+        _truncate(tmp, name)
+    return setup
+
+
+def _raw(write: Callable[[Path], None]) -> Callable[[Path], None]:
+    return write
 
 
 FASTMRI = ["--config=fastmri", "--data_dir={tmp}/tfds", "--manual_dir={tmp}/knee",
@@ -256,6 +366,40 @@ CASES = [
          ["--config=configs/tiny.py", "--grid=nope", "--root={tmp}/r", "--out={tmp}/a"], 2,
          ["Unknown ablation grid 'nope'"], absent=["r", "a"]),
     # Data preparation: presets, fields, folders, HDF5 files.
+    Case("prep-ct-negative-photons", "-m data_prep.ct",
+         ["--config=tiny", "--config.photons_per_ray=-5", "--data_dir={tmp}/d"], 2,
+         ["--config.photons_per_ray=-5.0", "must be a positive number"], absent=["d"]),
+    Case("prep-ct-dose-fraction-above-one", "prep_ct",
+         ["--config=tiny", "--config.dose_fraction=2", "--config.name=x", "--data_dir={tmp}/d"],
+         2, ["--config.dose_fraction=2.0", "(0, 1]"], absent=["d"]),
+    Case("prep-mri-negative-snr", "prep_mri",
+         ["--config=tiny", "--config.snr=-5", "--config.name=x", "--data_dir={tmp}/d"], 2,
+         ["--config.snr=-5.0", "must be a positive number"], absent=["d"]),
+    Case("prep-mri-acceleration-below-one", "prep_mri",
+         ["--config=tiny", "--config.acceleration=0.5", "--data_dir={tmp}/d"], 2,
+         ["--config.acceleration=0.5", "> 1"], absent=["d"]),
+    Case("prep-npy-without-pixel-size", "prep_ct",
+         ["--config=numpy", "--manual_dir={tmp}", "--data_dir={tmp}/d", "--config.name=x",
+          "--config.num_train_patients=1", "--config.num_validation_patients=0",
+          "--config.num_test_patients=1"], 3,
+         [".npy: the stack does not say its pixel size", "--config.numpy_pixel_size_mm=0.7",
+          "pixel_size_mm=0.7)"],
+         setup=lambda tmp: [np.save(tmp / f"p{i}.npy", _slices(None, None)) for i in range(2)],
+         absent=["d"]),
+    Case("train-config-syntax-error", "train.py", ["--config={tmp}/bad.py", W], 2,
+         ["bad.py, line 1", "SyntaxError"], setup=_file("bad.py", "def get_config(:\n"),
+         absent=["w"]),
+    Case("train-config-raises", "train.py", ["--config={tmp}/bad.py", W], 2,
+         ["bad.py, line 2 (in get_config)", "ValueError: no such preset"],
+         setup=_file("bad.py", "def get_config():\n    raise ValueError('no such preset')\n"),
+         absent=["w"]),
+    Case("ablation-seeds-not-numbers", "ablation.py",
+         ["--config=configs/tiny.py", "--seeds=a,b", "--root={tmp}/r", "--out={tmp}/a"], 2,
+         ["--seeds=a,b", "whole numbers"], absent=["r", "a"]),
+    Case("train-only-checkpoint-damaged", "train.py",
+         ["--workdir={tmp}/damaged", "--config.train.num_steps=3", "--config.loss.kind=noise2noise",
+          "--config.loss.beta_r=0"], 4,
+         ["it is damaged", "checkpoints/3", "delete", "backup"], setup="damaged"),
     Case("prep-unknown-preset", "-m data_prep.ct", ["--config=huge", "--data_dir={tmp}/d"], 2,
          ["Unknown data preset 'huge'"], absent=["d"]),
     Case("prep-unknown-field", "prep_ct",
@@ -294,13 +438,15 @@ CASES = [
          ["--model={model}", "--input={tmp}/none.npy", "--output={tmp}/o.npy"], 3,
          ["--input", "does not exist"], absent=["o.npy"]),
     Case("denoise-npy-nan", "denoise", ["--model={model}", "--input={tmp}/in.npy",
-                                        "--output={tmp}/o.npy"], 3, ["slice 1", "NaN or inf"],
+                                        "--output={tmp}/o.npy"], 3,
+         ["non-finite values", "[slice, row, col] = (1, 0, 0)"],
          setup=_npy(_slices(None, np.nan)), absent=["o.npy"]),
     Case("denoise-npy-4d", "denoise", ["--model={model}", "--input={tmp}/in.npy",
                                        "--output={tmp}/o.npy"], 3, ["expected [S, H, W]"],
          setup=_npy(np.zeros((1, 2, 32, 32))), absent=["o.npy"]),
     Case("denoise-npy-not-hu", "denoise", ["--model={model}", "--input={tmp}/in.npy",
-                                           "--output={tmp}/o.npy"], 3, ["not HU"],
+                                           "--output={tmp}/o.npy"], 3,
+         ["beyond what a scanner stores"],
          setup=_npy(_slices(None, None) * 1e30), absent=["o.npy"]),
     Case("denoise-unknown-format", "denoise", ["--model={model}", "--input={tmp}/in.txt",
                                                "--output={tmp}/o.npy"], 3, ["unknown format"],
@@ -309,7 +455,7 @@ CASES = [
                                               "--output={tmp}/done.npy"], 5,
          ["done.npy exists", "--overwrite"], setup=_existing_output),
     Case("denoise-output-is-input", "denoise",
-         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/in.npy", "--overwrite"], 3,
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/in.npy", "--overwrite"], 5,
          ["is the input"], setup=_npy(_slices(None))),
     Case("denoise-model-missing", "denoise",
          ["--model={tmp}/none", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
@@ -343,6 +489,123 @@ CASES = [
          ["--model={model}", "--input={tmp}/series", "--output={tmp}/out"], 3,
          ["No DICOM files", "1 files"], setup=_not_dicom,
          absent=["out"]),
+    # --overwrite never removes what the command did not write (every file is compared).
+    Case("export-out-is-the-workdir", "export", ["--workdir={run}", "--out={run}", "--overwrite"],
+         5, ["is the training workdir"]),
+    Case("export-out-inside-the-workdir", "export",
+         ["--workdir={run}", "--out={run}/exported", "--overwrite"], 5,
+         ["lies inside the training workdir"]),
+    Case("export-out-contains-the-workdir", "export",
+         ["--workdir={tmp}/root/run_a", "--out={tmp}/root", "--overwrite"], 5,
+         ["contains the training workdir"], setup="two_places"),
+    Case("export-overwrite-a-foreign-folder", "export",
+         ["--workdir={run}", "--out={tmp}/folder", "--overwrite"], 5,
+         ["was not written by consensus_jax.export", "Move or remove it yourself"],
+         setup=_foreign),
+    Case("denoise-output-contains-the-input", "denoise",
+         ["--model={model}", "--input={tmp}/P/scan", "--output={tmp}/P", "--overwrite"], 5,
+         ["contains the input"], setup=_scan_in_folder),
+    Case("denoise-output-is-the-folder-of-the-input", "denoise",
+         ["--model={model}", "--input={tmp}/Q/scan.npy", "--output={tmp}/Q", "--overwrite"], 5,
+         ["contains the input"], setup=_npy_in_folder),
+    Case("denoise-output-inside-the-dicom-input", "denoise",
+         ["--model={model}", "--input={tmp}/series", "--output={tmp}/series/out"], 5,
+         ["lies inside the input"], setup=lambda tmp: dicom_series(tmp / "series")),
+    Case("denoise-output-inside-the-model", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={model}/o.npy", "--overwrite"], 5,
+         ["lies inside the model"], setup=_npy(_slices(None))),
+    Case("denoise-overwrite-a-foreign-file", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/other.npy", "--overwrite"],
+         5, ["was not written by consensus_jax.denoise"], setup=_foreign),
+    # Denoise refuses what data preparation refuses.
+    Case("denoise-npy-attenuation-units", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 3,
+         ["does not look like HU", "--allow_unusual_values"],
+         setup=_npy(np.linspace(0, 0.02, 2 * 32 * 32).reshape(2, 32, 32)), absent=["o.npy"]),
+    Case("denoise-npy-stored-values", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 3,
+         ["does not look like HU", "RescaleIntercept"],
+         setup=_npy(_slices(None, None) + 1024), absent=["o.npy"]),
+    Case("denoise-npy-complex", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 3,
+         ["complex64", "real numbers in HU"],
+         setup=_raw(lambda tmp: np.save(tmp / "in.npy", _slices(None).astype(np.complex64))),
+         absent=["o.npy"]),
+    Case("denoise-nifti-non-square-pixels", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.nii.gz", "--output={tmp}/o.nii.gz"], 3,
+         ["pixel spacing 0.7 x 0.175 mm", "--allow_other_spacing"], setup="nifti_non_square",
+         absent=["o.nii.gz"]),
+    Case("denoise-mri-model-on-hu", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 3,
+         ["is CT data", "this model is for MRI", "fastMRI"], setup="mri_model",
+         absent=["o.npy"]),
+    Case("denoise-ct-dicom-to-an-mri-model", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/series", "--output={tmp}/out"], 3,
+         ["is CT data", "this model is for MRI"], setup="mri_model_dicom", absent=["out"]),
+    Case("denoise-dicom-mixed-slice-thickness", "denoise",
+         ["--model={model}", "--input={tmp}/series", "--output={tmp}/out"], 3,
+         ["mixes slice thicknesses", "1.25 mm"], setup=_dicom(_set("SliceThickness", 1.25)),
+         absent=["out"]),
+    # Damaged exported models: exit 4, naming the file.
+    Case("denoise-model-without-params", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["params.npz is missing"], setup="no_params", absent=["o.npy"]),
+    Case("denoise-model-without-function", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["model.jaxexport is missing"], setup="no_function", absent=["o.npy"]),
+    Case("denoise-model-truncated-params", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["params.npz differs from what was exported"], setup="truncated_params",
+         absent=["o.npy"]),
+    Case("denoise-model-invalid-manifest", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["manifest.json cannot be read"], setup="invalid_manifest", absent=["o.npy"]),
+    Case("denoise-model-changed-function", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["model.jaxexport differs from what was exported"], setup="changed_function",
+         absent=["o.npy"]),
+    Case("denoise-model-garbage-function", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["model.jaxexport cannot be read as an exported function"], setup="garbage_function",
+         absent=["o.npy"]),
+    Case("denoise-model-parameter-missing", "denoise",
+         ["--model={tmp}/model", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 4,
+         ["params.npz holds", "missing p0003"], setup="parameter_missing", absent=["o.npy"]),
+    # Outputs that cannot be written: refused before the work (exit 7).
+    Case("denoise-output-under-a-file", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/f/o.npy"], 7,
+         ["is a file, not a folder"],
+         setup=lambda tmp: (_npy(_slices(None))(tmp), (tmp / "f").write_text("x"))),
+    Case("export-out-under-a-file", "export", ["--workdir={run}", "--out={tmp}/f/m"], 7,
+         ["is a file, not a folder"], setup=_file("f")),
+    Case("train-workdir-under-a-file", "train.py", ["--workdir={tmp}/f/w"], 7,
+         ["is a file, not a folder"], setup=_file("f")),
+    Case("evaluate-out-under-a-file", "evaluate.py", ["--runs={run}", "--out={tmp}/f/o"], 7,
+         ["is a file, not a folder"], setup=_file("f")),
+    Case("denoise-output-without-npy-suffix", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/o"], 2,
+         ["--output", ".npy"], setup=_npy(_slices(None)), absent=["o", ".o.npy"]),
+    # Unreadable inputs.
+    Case("denoise-npy-truncated", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 3,
+         ["in.npy", "cannot be read as a NumPy array file"], setup=_truncated_numpy("in.npy"),
+         absent=["o.npy"]),
+    Case("denoise-npz-truncated", "denoise",
+         ["--model={model}", "--input={tmp}/in.npz", "--output={tmp}/o.npy"], 3,
+         ["in.npz", "cannot be read as a NumPy array file"], setup=_truncated_numpy("in.npz"),
+         absent=["o.npy"]),
+    Case("denoise-nifti-truncated", "denoise",
+         ["--model={model}", "--input={tmp}/in.nii.gz", "--output={tmp}/o.nii.gz"], 3,
+         ["in.nii.gz", "cannot be read as NIfTI"], setup=_truncated_nifti,
+         absent=["o.nii.gz"]),
+    Case("denoise-npy-no-slices", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 3,
+         ["is empty"], setup=_npy(np.zeros((0, 32, 32))), absent=["o.npy"]),
+    Case("denoise-npy-pickled-objects", "denoise",
+         ["--model={model}", "--input={tmp}/in.npy", "--output={tmp}/o.npy"], 3,
+         ["cannot be read as a NumPy array file", "objects"],
+         setup=_raw(lambda tmp: np.save(tmp / "in.npy", np.array([{"a": 1}], dtype=object),
+                                        allow_pickle=True)), absent=["o.npy"]),
 ]
 
 
@@ -364,7 +627,23 @@ def world(tmp_path_factory):
 
 #: name -> (which part of the world it starts from, the setup it makes from that part)
 SETUPS = {"config_only": ("run", _config_only), "damaged": ("run", _damaged_copy),
-          "bad_manifest": ("model", _bad_manifest)}
+          "bad_manifest": ("model", _bad_manifest), "two_places": ("run", _two_places),
+          "no_params": ("model", _edited_model(lambda f, m: (f / "params.npz").unlink())),
+          "no_function": ("model", _edited_model(lambda f, m: (f / "model.jaxexport").unlink())),
+          "truncated_params": ("model", _edited_model(lambda f, m: _truncate(f, "params.npz"))),
+          "invalid_manifest": ("model", _edited_model(
+              lambda f, m: (f / "manifest.json").write_text('{"format_version": 2, '))),
+          "garbage_function": ("model", _edited_model(
+              lambda f, m: (f / "model.jaxexport").write_bytes(b"garbage" * 100), rehash=True)),
+          "changed_function": ("model", _edited_model(
+              lambda f, m: (f / "model.jaxexport").write_bytes(b"garbage" * 100))),
+          "parameter_missing": ("model", _edited_model(_drop_parameter, rehash=True)),
+          "mri_model": ("model", _edited_model(_modality("mri"))),
+          "mri_model_dicom": ("model", _edited_model(
+              _modality("mri"), then=lambda tmp: dicom_series(tmp / "series"))),
+          "nifti_non_square": ("model", _edited_model(_trained_at(0.7),
+                                                      then=_nifti((0.7, 0.175)))),
+          }
 
 
 def _tree(path: Path) -> dict[str, str]:
@@ -429,7 +708,7 @@ def test_the_catalogue_is_broad():
     kinds = {c.command for c in CASES}
     assert {"train.py", "evaluate.py", "ablation.py", "demo.py", "export", "denoise", "prep_ct",
             "prep_mri", "-m data_prep.ct"} <= kinds
-    assert {c.code for c in CASES} == {2, 3, 4, 5, 6}
+    assert {c.code for c in CASES} == {2, 3, 4, 5, 6, 7}
 
 
 def test_verbose_shows_the_traceback(tmp_path):

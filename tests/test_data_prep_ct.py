@@ -8,7 +8,7 @@ import pytest
 
 from configs.data import ct as data_config
 from consensus_jax import input_pipeline
-from consensus_jax.errors import ConfigError, UserError
+from consensus_jax.errors import ConfigError, InputError, UserError
 from data_prep import cli
 from data_prep import ct as prep
 from data_prep.ct_consensus import ct_consensus_dataset_builder as builder_lib
@@ -176,3 +176,60 @@ def test_calibrate_cli_rejects_bad_photons():
 
     with pytest.raises(ConfigError, match="--photons: positive numbers"):
         prep.main(["--config=tiny", "--calibrate", "--photons=1e4,zero"])
+
+
+@pytest.mark.parametrize("change, words", [
+    ("--config.photons_per_ray=-5", "--config.photons_per_ray=-5.0: must be a positive number"),
+    ("--config.dose_fraction=1.5", "--config.dose_fraction=1.5: must lie in (0, 1]"),
+    ("--config.num_views=1", "--config.num_views=1: must be a whole number >= 2"),
+    ("--config.geometry=cone", "--config.geometry='cone': must be 'fan' or 'parallel'"),
+])
+def test_values_out_of_range_are_refused_before_building(tmp_path, change, words):
+    for name in ([], ["--config.name=changed"]):  # named or not: the range first
+        with pytest.raises(ConfigError) as err:
+            prep.main(["--config=tiny", change, *name, f"--data_dir={tmp_path / 'd'}"])
+        assert words in str(err.value)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_failed_build_removes_only_the_folders_it_created(tmp_path, monkeypatch):
+    """A build that fails inside TFDS leaves no empty dataset folder behind, and never removes
+    what was there before it."""
+    def failing(config, source):
+        raise InputError(f"patient {source.patient}: simulated bad file")
+
+    monkeypatch.setattr(builder_lib, "load_slices", failing)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InputError, match="simulated bad file"):
+        prep.main(["--config=tiny", f"--data_dir={fresh}", "--nobaselines"])
+    assert not fresh.exists()
+    used = tmp_path / "used"
+    (used / "ct_consensus" / "other" / "1.0.0").mkdir(parents=True)
+    (used / "ct_consensus" / "other" / "1.0.0" / "keep.txt").write_text("an earlier dataset")
+    (used / "notes.txt").write_text("the user's")
+    before = sorted(str(p.relative_to(used)) for p in used.rglob("*"))
+    with pytest.raises(InputError, match="simulated bad file"):
+        prep.main(["--config=tiny", f"--data_dir={used}", "--nobaselines"])
+    assert sorted(str(p.relative_to(used)) for p in used.rglob("*")) == before
+
+
+def test_a_numpy_stack_without_pixel_size_names_the_file_and_both_fixes(tmp_path):
+    import dataclasses
+
+    stack = np.linspace(-1000.0, 400.0, 2 * 16 * 16, dtype=np.float32).reshape(2, 16, 16)
+    np.save(tmp_path / "p0.npy", stack)
+    np.savez(tmp_path / "p1.npz", hu=stack, pixel_size_mm=0.5)
+    config = builder_lib.PRESETS["numpy"]
+    with pytest.raises(InputError) as err:
+        builder_lib._read_volume(config, tmp_path / "p0.npy")
+    message = str(err.value)
+    assert str(tmp_path / "p0.npy") in message
+    assert "--config.numpy_pixel_size_mm=0.7 --config.name=" in message
+    assert "pixel_size_mm=0.7)" in message and "read_numpy_stack" not in message
+    given = dataclasses.replace(config, name="numpy_07", numpy_pixel_size_mm=0.7)
+    assert builder_lib._read_volume(given, tmp_path / "p0.npy").pixel_size_mm == 0.7
+    assert builder_lib._read_volume(given, tmp_path / "p1.npz").pixel_size_mm == 0.5  # stored
+    assert given.metadata()["numpy_pixel_size_mm"] == 0.7
+    assert "numpy_pixel_size_mm" not in config.metadata()  # older datasets' metadata unchanged
+    with pytest.raises(ConfigError, match=r"--config.numpy_pixel_size_mm=-1.0: must be a "):
+        dataclasses.replace(config, numpy_pixel_size_mm=-1.0).validate()

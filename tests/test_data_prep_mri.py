@@ -253,3 +253,17 @@ def test_fastmri_width_that_cuts_acquired_columns_is_refused(tmp_path):
                      name="narrow")
     with pytest.raises(ValueError, match="width_px=24"):
         builder_lib.list_patients(config, tmp_path)
+
+
+@pytest.mark.parametrize("change, words", [
+    ("--config.snr=-5", "--config.snr=-5.0: must be a positive number"),
+    ("--config.acceleration=0.5", "--config.acceleration=0.5: must be a number > 1"),
+    ("--config.num_coils=0", "--config.num_coils=0: must be a whole number >= 1"),
+    ("--config.map_threshold=1.5", "--config.map_threshold=1.5: must lie in [0, 1)"),
+])
+def test_values_out_of_range_are_refused_before_building(tmp_path, change, words):
+    for name in ([], ["--config.name=changed"]):  # named or not: the range first
+        with pytest.raises(ConfigError) as err:
+            prep.main(["--config=tiny", change, *name, f"--data_dir={tmp_path / 'd'}"])
+        assert words in str(err.value)
+    assert not (tmp_path / "d").exists()

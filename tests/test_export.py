@@ -149,8 +149,9 @@ def test_denoise_cli_refuses_overwrite_pairs_and_unusual_input(runs, tmp_path, c
     assert "Distil it" in capsys.readouterr().err and not (tmp_path / "pair_out").exists()
     # Values that cannot be HU, and a pixel spacing far from the training data's.
     model = cj_export.load(runs["noise2noise"])
-    np.save(tmp_path / "huge.npy", np.full((2, 32, 32), 1e30, np.float32))
-    with pytest.raises(denoise.InputError, match="not HU"):
+    attenuation = np.linspace(0.0, 0.02, 2 * 32 * 32).reshape(2, 32, 32)  # mu in 1/mm
+    np.save(tmp_path / "huge.npy", attenuation.astype(np.float32))
+    with pytest.raises(denoise.InputError, match="does not look like HU"):
         denoise.denoise_path(model, tmp_path / "huge.npy", tmp_path / "huge_out.npy")
     model.manifest["trained_for"] = {"geometry": {"image": {"pixel_size_mm": 1.48}}}
     with pytest.raises(denoise.InputError, match="pixel spacing 0.661 mm"):

@@ -186,3 +186,36 @@ def test_inconsistent_coordinates_are_refused_before_joining():
         distributed.check_arguments("localhost", 2, 0)
     distributed.check_arguments("127.0.0.1:1234", 2, 1)
     distributed.check_arguments(None, None, None)
+
+
+@multihost
+def test_processes_started_with_different_counts_all_stop(tmp_path):
+    """Process 0 is told there are 2 processes, process 1 that there are 3: both join (the
+    coordinator's count wins), then both stop with one message naming both counts."""
+    port = _free_port()
+    first = _start(tmp_path / "data", tmp_path / "run", 2, "--init_timeout_s=30", port=port,
+                   ids=[0])
+    second = _start(tmp_path / "data", tmp_path / "run", 3, "--init_timeout_s=30", port=port,
+                    ids=[1])
+    start = time.monotonic()
+    outs = _finish(first + second, timeout=120)
+    assert time.monotonic() - start < 120
+    for code, out in outs:
+        assert code == 2, out[-3000:]
+        assert "different --num_processes (process 0: 2, process 1: 3)" in out, out[-3000:]
+        assert "Traceback" not in out
+    assert not (tmp_path / "run").exists()  # refused before the workdir is touched
+
+
+def test_a_joined_run_other_than_asked_is_refused():
+    distributed.check_joined(2, 1, 2, 1, [(2, 0), (2, 1)])
+    with pytest.raises(ValueError, match=r"different --num_processes \(process 0: 2, "
+                                         r"process 1: 3\); the run has 2 processes"):
+        distributed.check_joined(3, 1, 2, 1, [(2, 0), (3, 1)])
+    with pytest.raises(ValueError, match=r"different --num_processes"):  # process 0 learns it
+        distributed.check_joined(2, 0, 2, 0, [(2, 0), (3, 1)])
+    with pytest.raises(ValueError, match=r"--num_processes=3, but the run joined through the "
+                                         r"coordinator has 2 processes"):
+        distributed.check_joined(3, 1, 2, 1)
+    with pytest.raises(ValueError, match=r"--process_id=1, but JAX made this process number 0"):
+        distributed.check_joined(2, 1, 2, 0)

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import struct
 import warnings
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,14 +352,29 @@ def _read_series(folder: Path, missing_rescale: tuple[float, float] | None) -> V
                                  f"= {shape}. Re-export the file.")
         slices.append((stored.astype(np.float64) * slope + intercept).astype(np.float32))
         check_slice_values(slices[-1], str(path))
-    with _malformed_fields(first_path):
-        thickness = first.get("SliceThickness")
-        thickness = float(thickness) if thickness not in (None, "") else None
+    thickness = _slice_thickness(items)
     return Volume(
         hu=np.stack(slices), pixel_size_mm=spacing, patient_id=folder.name, source=str(folder),
         slice_thickness_mm=thickness,
         slice_positions_mm=sorted_keys.astype(np.float64) if positions else None,
         files=tuple(str(items[i][0]) for i in order))
+
+
+def _slice_thickness(items: list[tuple[Path, pydicom.Dataset]]) -> float | None:
+    """The series' one SliceThickness (mm; None when no file gives it): slices of several
+    thicknesses (a reformat or a second reconstruction mixed in) are refused."""
+    found: dict[float, Path] = {}
+    for path, ds in items:
+        with _malformed_fields(path):
+            value = ds.get("SliceThickness")
+            if value not in (None, ""):
+                found.setdefault(round(float(value), 4), path)
+    if len(found) > 1:
+        listing = ", ".join(f"{t:g} mm ({p.name})" for t, p in sorted(found.items()))
+        raise InputError(f"The series in {items[0][0].parent} mixes slice thicknesses: {listing}. "
+                         "One series must have one thickness: move the slices of the other "
+                         "reconstruction into their own folder.")
+    return next(iter(found), None)
 
 
 #: Stored CT values beyond these (HU) are another unit or damage: scanners store -1024 .. 3071
@@ -378,6 +394,32 @@ def check_slice_values(hu: np.ndarray, where: str) -> None:
         raise InputError(f"{where}: values span [{lo:.4g}, {hi:.4g}] HU, beyond what a scanner "
                          f"stores ({PLAUSIBLE_HU[0]:g} .. {PLAUSIBLE_HU[1]:g}); the data are "
                          "damaged or in another unit.")
+
+
+def check_hu_stack(images: np.ndarray, where: str, check_hu: bool = True,
+                   allow_flag: str = "check_hu=False") -> None:
+    """Refuses a stack [S, H, W] that is not CT in HU: non-finite values, a blank slice or
+    values no scanner stores (``check_slice_values``), and, with ``check_hu``, a value range
+    unlike HU (max < 10 or min > -500: attenuation, normalised or stored values). Data
+    preparation and denoising both use it; ``allow_flag`` names how to skip the last test."""
+    if images.dtype.kind not in "iuf":
+        raise InputError(f"{where}: array dtype is {images.dtype}; expected real numbers in HU.")
+    finite = np.isfinite(images)
+    if not finite.all():
+        first = tuple(int(v) for v in np.argwhere(~finite)[0])
+        raise InputError(f"{where}: {int((~finite).sum())} non-finite values (first at "
+                         f"[slice, row, col] = {first}); replace NaN/inf (e.g. by -1000 HU "
+                         "outside the body) first.")
+    for i, hu in enumerate(images):
+        check_slice_values(hu, f"{where}, slice {i}")
+    lo, hi = float(images.min()), float(images.max())
+    if check_hu and (hi < 10.0 or lo > -500.0):
+        raise InputError(
+            f"{where}: values span [{lo:.4g}, {hi:.4g}], which does not look like HU (air -1000, "
+            "water 0, soft tissue: 20-80, bone > 300). Linear attenuation, normalised or stored "
+            "values must be converted: HU = 1000 * (mu - mu_water) / mu_water (mu_water is "
+            "about 0.019 /mm at 70 keV), or stored x RescaleSlope + RescaleIntercept. If the "
+            f"images are HU but hold no air, pass {allow_flag}.")
 
 
 def sample_slices(volume: Volume, n: int, seed: int) -> np.ndarray:
@@ -402,6 +444,47 @@ def sample_slices(volume: Volume, n: int, seed: int) -> np.ndarray:
 # NumPy
 
 
+@contextlib.contextmanager
+def _unreadable_numpy(path: Path) -> Iterator[None]:
+    """Turns numpy's errors for a truncated or damaged file, or one holding pickled objects,
+    into InputError naming the file."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise InputError(f"{path}: cannot be read as a NumPy array file ({err}); it may be "
+                         "truncated, damaged or hold Python objects. Save the images again with "
+                         "numpy.save / numpy.savez (plain numbers, no objects).") from None
+
+
+def _load_numpy(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, the stored pixel size or None) of a .npy or .npz file."""
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False), None
+    stored_pixel = None
+    with np.load(path, allow_pickle=False) as archive:
+        names = list(archive.keys())
+        if key is not None:
+            if key not in names:
+                raise InputError(f"{path}: no array named {key!r}; the file holds {names}. "
+                                 "Pass one of these as key=.")
+            chosen = key
+        elif "hu" in names:
+            chosen = "hu"
+        else:
+            candidates = [k for k in names if k != "pixel_size_mm"]
+            if len(candidates) != 1:
+                raise InputError(
+                    f"{path}: holds arrays {names} and none is named 'hu'; pass key= to "
+                    "choose the images (or save them under the name 'hu').")
+            chosen = candidates[0]
+        images = archive[chosen]
+        if "pixel_size_mm" in names:
+            stored_pixel = np.asarray(archive["pixel_size_mm"])
+    return np.asarray(images), stored_pixel
+
+
 def read_numpy_stack(path: str | Path, *, key: str | None = None,
                      pixel_size_mm: float | None = None, check_hu: bool = True) -> Volume:
     """Read HU images from ``.npy`` ([S, H, W] or [H, W]) or ``.npz`` into a Volume.
@@ -416,33 +499,11 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
     if not path.is_file():
         raise MissingInputError(f"NumPy file {path} does not exist (expected a .npy or .npz file "
                                 "of CT images in HU).")
-    suffix = path.suffix.lower()
-    stored_pixel = None
-    if suffix == ".npy":
-        images = np.load(path, allow_pickle=False)
-    elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.keys())
-            if key is not None:
-                if key not in names:
-                    raise InputError(f"{path}: no array named {key!r}; the file holds {names}. "
-                                     "Pass one of these as key=.")
-                chosen = key
-            elif "hu" in names:
-                chosen = "hu"
-            else:
-                candidates = [k for k in names if k != "pixel_size_mm"]
-                if len(candidates) != 1:
-                    raise InputError(
-                        f"{path}: holds arrays {names} and none is named 'hu'; pass key= to "
-                        "choose the images (or save them under the name 'hu').")
-                chosen = candidates[0]
-            images = archive[chosen]
-            if "pixel_size_mm" in names:
-                stored_pixel = np.asarray(archive["pixel_size_mm"])
-    else:
+    if path.suffix.lower() not in (".npy", ".npz"):
         raise InputError(f"{path}: unsupported suffix {path.suffix!r}; save the images with "
                          "numpy.save (.npy) or numpy.savez (.npz).")
+    with _unreadable_numpy(path):
+        images, stored_pixel = _load_numpy(path, key)
     if stored_pixel is not None and (stored_pixel.size != 1
                                      or not np.isfinite(stored_pixel).all()
                                      or float(stored_pixel) <= 0):
@@ -452,8 +513,6 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
         pixel_size_mm = float(stored_pixel)
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise InputError(f"pixel_size_mm={pixel_size_mm} must be positive (mm).")
-    if images.dtype.kind not in "iuf":
-        raise InputError(f"{path}: array dtype is {images.dtype}; expected real numbers in HU.")
     if images.ndim == 2:
         images = images[None]
     if images.ndim != 3:
@@ -461,21 +520,7 @@ def read_numpy_stack(path: str | Path, *, key: str | None = None,
                          "[S, H, W] (a stack of slices) or [H, W] (one slice).")
     if min(images.shape) < 1:
         raise InputError(f"{path}: array shape {images.shape} is empty.")
-    finite = np.isfinite(images)
-    if not finite.all():
-        first = tuple(int(v) for v in np.argwhere(~finite)[0])
-        raise InputError(f"{path}: {int((~finite).sum())} non-finite values (first at "
-                         f"[slice, row, col] = {first}); replace NaN/inf (e.g. by -1000 HU "
-                         "outside the body) before reading.")
-    for i, hu in enumerate(images):
-        check_slice_values(hu, f"{path}, slice {i}")
-    lo, hi = float(images.min()), float(images.max())
-    if check_hu and (hi < 10.0 or lo > -500.0):
-        raise InputError(
-            f"{path}: values span [{lo:.4g}, {hi:.4g}], which does not look like HU (air -1000, "
-            "water 0, soft tissue: 20-80, bone > 300). Linear attenuation or normalised images "
-            "must be converted: HU = 1000 * (mu - mu_water) / mu_water (mu_water is about "
-            "0.019 /mm at 70 keV). If the images are HU but hold no air, pass check_hu=False.")
+    check_hu_stack(images, str(path), check_hu)
     return Volume(hu=images.astype(np.float32), pixel_size_mm=pixel_size_mm,
                   patient_id=path.stem, source=str(path))
 

@@ -9,7 +9,8 @@ Sources (``CtConfig.source``):
   * ``phantom``: built-in procedural abdomen virtual patients (consensus_jax.phantoms.abdomen).
   * ``dicom``: ``--manual_dir`` holds one sub-folder of CT DICOM files per patient (e.g. the
     full-dose images of the LDCT Grand Challenge / TCIA LDCT-and-Projection-data).
-  * ``numpy``: ``--manual_dir`` holds one .npy/.npz stack in HU per patient.
+  * ``numpy``: ``--manual_dir`` holds one .npy/.npz stack in HU per patient. Its pixel size
+    is the .npz's scalar array ``pixel_size_mm``, else ``--config.numpy_pixel_size_mm``.
 The scan is simulated from the source images (Poisson full dose, binomial thinning to the low
 dose), with the geometry and photon counts in the dataset metadata (metadata.json).
 """
@@ -28,6 +29,7 @@ import tensorflow_datasets as tfds
 from consensus_jax import features
 from consensus_jax.ct import geometry as ct_geometry
 from consensus_jax.ct import io as ct_io
+from consensus_jax.ct import split as ct_split
 from consensus_jax.errors import ConfigError, InputError, MissingInputError
 from consensus_jax.phantoms import abdomen
 from data_prep import splits
@@ -39,6 +41,7 @@ slice_key = splits.slice_key  # a slice's random key, also used by data_prep and
 #: 27.6 HU over the image, the paper's FBP row (the sweeps: docs/EXPERIMENTS.md). The dicom and
 #: numpy presets use the paper's value.
 CALIBRATED_PHOTONS = {"tiny": 1.3e4, "quick": 2.5e4, "paper": 5.0e4}
+SOURCES = ("phantom", "dicom", "numpy")
 
 
 @dataclasses.dataclass(eq=False)
@@ -63,6 +66,8 @@ class CtConfig(tfds.core.BuilderConfig):
         that a larger training set keeps every other patient (and so the test set) as it was.
       slices_per_patient: paper 50, drawn at random per patient from ``seed``.
       seed: selects virtual patients, slices and every noise realisation.
+      numpy_pixel_size_mm: pixel size (mm) of the numpy source's stacks that store none (a
+        ``.npy``, or an ``.npz`` without a scalar array ``pixel_size_mm``); a stored one wins.
     """
 
     source: str = "phantom"
@@ -81,6 +86,7 @@ class CtConfig(tfds.core.BuilderConfig):
     extra_train_patients: int = 0
     slices_per_patient: int = 50
     seed: int = 0
+    numpy_pixel_size_mm: float | None = None
 
     @property
     def grid_pixel_size_mm(self) -> float:
@@ -102,6 +108,44 @@ class CtConfig(tfds.core.BuilderConfig):
                 detector_spacing_mm=self.grid_pixel_size_mm, angular_range_rad=math.pi)
         raise ConfigError(f"CtConfig.geometry must be 'fan' or 'parallel', got {self.geometry!r}.")
 
+    def validate(self) -> None:
+        """Raises ConfigError naming the field (as its ``--config.<field>`` flag), the bad value
+        and the allowed range: checked before TFDS starts building, so that a bad value never
+        fails halfway through a build."""
+        def bad(field: str, rule: str) -> ConfigError:
+            return ConfigError(f"--config.{field}={getattr(self, field)!r}: {rule}")
+
+        def finite(value: Any) -> bool:
+            return isinstance(value, (int, float)) and math.isfinite(value)
+
+        if self.source not in SOURCES:
+            raise bad("source", f"must be one of {', '.join(SOURCES)}.")
+        if self.geometry not in ("fan", "parallel"):
+            raise bad("geometry", "must be 'fan' or 'parallel'.")
+        if self.split not in ct_split.available_splits():
+            raise bad("split", f"must be one of {', '.join(ct_split.available_splits())}.")
+        for field, low in (("size_px", 8), ("num_views", 2), ("detector_binning", 1),
+                           ("slices_per_patient", 1)):
+            if getattr(self, field) < low:
+                raise bad(field, f"must be a whole number >= {low}.")
+        for field in ("pixel_size_mm", "numpy_pixel_size_mm"):
+            value = getattr(self, field)
+            if value is not None and not (finite(value) and value > 0):
+                raise bad(field, "must be a positive number of mm per pixel (or left unset).")
+        if not (finite(self.photons_per_ray) and self.photons_per_ray > 0):
+            raise bad("photons_per_ray", "must be a positive number of photons per detector ray "
+                      "at full dose, e.g. 5e4.")
+        if not (finite(self.dose_fraction) and 0 < self.dose_fraction <= 1):
+            raise bad("dose_fraction", "must lie in (0, 1] (0.25: quarter dose).")
+        if not (finite(self.electronic_noise_counts) and self.electronic_noise_counts >= 0):
+            raise bad("electronic_noise_counts", "must be a number >= 0 (counts).")
+        if self.seed < 0:
+            raise bad("seed", "must be a whole number >= 0.")
+        splits.check_patient_counts(self.num_train_patients, self.num_test_patients,
+                                    self.num_validation_patients)
+        if self.extra_train_patients < 0:
+            raise bad("extra_train_patients", "must be a whole number >= 0.")
+
     def metadata(self) -> dict[str, Any]:
         geom = self.scan_geometry()
         return {
@@ -119,6 +163,8 @@ class CtConfig(tfds.core.BuilderConfig):
             "slices_per_patient": self.slices_per_patient,
             **({"extra_train_patients": self.extra_train_patients}
                if self.extra_train_patients else {}),
+            **({"numpy_pixel_size_mm": self.numpy_pixel_size_mm}
+               if self.numpy_pixel_size_mm is not None else {}),
             "fbp_filter": "ramp apodised by a Hann window, cutoff 1.0 (Nyquist)",
         }
 
@@ -219,9 +265,22 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
 
 
 def _read_volume(config: CtConfig, path: Path) -> ct_io.Volume:
+    """The patient's volume; a NumPy stack without a pixel size takes the config's
+    ``numpy_pixel_size_mm``, and without either is refused here, before any slice is
+    simulated."""
     if config.source == "dicom":
         return ct_io.read_dicom_series(path)
-    return ct_io.read_numpy_stack(path)
+    volume = ct_io.read_numpy_stack(path)
+    if volume.pixel_size_mm is not None:
+        return volume
+    if config.numpy_pixel_size_mm is None:
+        raise InputError(
+            f"{path}: the stack does not say its pixel size, which the resampling to the "
+            f"{config.size_px} px grid needs. Give it on the command line, e.g. "
+            "--config.numpy_pixel_size_mm=0.7 --config.name=<new name> (mm per pixel, for every "
+            "stack that stores none), or store it in the file: numpy.savez(path.npz, hu=images, "
+            "pixel_size_mm=0.7).")
+    return dataclasses.replace(volume, pixel_size_mm=float(config.numpy_pixel_size_mm))
 
 
 def load_slices(config: CtConfig, source: PatientSource) -> np.ndarray:

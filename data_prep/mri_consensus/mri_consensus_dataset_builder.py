@@ -25,6 +25,7 @@ consensus_jax.mri.simulate. Every random draw of a slice (phase, noise, mask, sp
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,9 +109,31 @@ class MriConfig(tfds.core.BuilderConfig):
             map_threshold=float(self.map_threshold))
 
     def validate(self) -> None:
-        """Raises ValueError naming the field, the bad value and the fix."""
+        """Raises ConfigError naming the field, the bad value and the fix: checked before TFDS
+        starts building, so that a bad value never fails halfway through a build."""
+        def bad(field: str, rule: str) -> ConfigError:
+            return ConfigError(f"--config.{field}={getattr(self, field)!r}: {rule}")
+
+        def finite(value: Any) -> bool:
+            return isinstance(value, (int, float)) and math.isfinite(value)
+
         if self.source not in SOURCES:
             raise ConfigError(f"MriConfig.source must be one of {SOURCES}, got {self.source!r}.")
+        for field, low in (("height_px", 8), ("width_px", 8), ("num_coils", 1),
+                           ("num_center_lines", 1), ("sense_iterations", 1), ("seed", 0)):
+            if getattr(self, field) < low:
+                raise bad(field, f"must be a whole number >= {low}.")
+        if not (finite(self.snr) and self.snr > 0):
+            raise bad("snr", "must be a positive number (the peak image magnitude over the "
+                      "noise std per k-space sample, e.g. 30); a negative or zero noise level "
+                      "does not exist.")
+        if not (finite(self.acceleration) and self.acceleration > 1):
+            raise bad("acceleration", "must be a number > 1 (the undersampling factor R; the "
+                      "paper's is 4).")
+        if not (finite(self.sense_lambda) and self.sense_lambda >= 0):
+            raise bad("sense_lambda", "must be a number >= 0 (the Tikhonov weight of SENSE).")
+        if not (finite(self.map_threshold) and 0 <= self.map_threshold < 1):
+            raise bad("map_threshold", "must lie in [0, 1) (a fraction of the peak RSS).")
         if self.source != "fastmri" and self.height_px != self.width_px:
             raise ConfigError(f"The {self.source!r} source makes square images: set height_px = "
                               f"width_px (got {self.height_px} x {self.width_px}).")
