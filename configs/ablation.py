@@ -1,11 +1,9 @@
 """Grids of loss settings for ablation.py (paper Section 2.3: tune beta_w with beta_r = 0, then
 beta_r with beta_w fixed). Each entry: name -> config overrides; seeds come from the command line.
 
-Run: make ablation (loss_terms on configs/ct_quick.py, seeds 0, 1, 2; 13 min on 2 idle cores,
-2026-11-25); make ablation-mri (methods on configs/mri_quick.py, seeds 0, 1, 2; 17 min).
-Reaches (make ablation; RMSE HU / SSIM x 100 vs the full-dose FBP, mean over seeds): consensus
-Ln 17.0 / 86.6, Ln+Lw+Lr 15.8 / 90.3; noise2clean 15.3 / 90.2; noise2noise 19.6 / 84.9; FBP
-25.7 / 86.2. Every setting and the noiseless-FBP reference: docs/EXPERIMENTS.md.
+Run: make ablation (loss_terms on configs/ct_quick.py, seeds 0, 1, 2); make ablation-mri
+(methods on configs/mri_quick.py, seeds 0, 1, 2). The other grids' commands, their results and
+run times: docs/RESULTS.md and docs/EXPERIMENTS.md.
 """
 
 from consensus_jax.errors import ConfigError

@@ -11,8 +11,8 @@ Run (GPU-sized: 400 slices x 40 patches / 40 = 400 steps per epoch, 40,000 steps
   python train.py --config=configs/ct_paper.py --workdir=work_dirs/ct_paper/noise2noise \
       --config.loss.kind=noise2noise --config.loss.beta_r=0
 Expected: the ordering of the paper's Table 1 (SSIM consensus > Noise2noise > FBP; consensus SSIM
-within ~1 point of Noise2clean). Paper-size step timings: bench/RESULTS.md; measured runs of the
-CPU-sized variant (configs/ct_quick.py): docs/EXPERIMENTS.md.
+within ~1 point of Noise2clean). Paper-size step timings and the measured runs of the CPU-sized
+variant (configs/ct_quick.py): docs/RESULTS.md.
 """
 
 import ml_collections

@@ -4,7 +4,8 @@ label-free validation every 125 steps and a checkpoint every 625 for the test tr
 Run: python ablation.py --config=configs/ct_quick_long.py --grid=consensus --seeds=0,1,2 \
   --root=work_dirs/ct_long --out=results/ct_long_consensus; then
   python evaluate.py --trajectory --runs=work_dirs/ct_long/consensus/seed0 --out=...
-Results and wall times: docs/EXPERIMENTS.md ("How long to train").
+Results: docs/RESULTS.md ("How long to train"); what prevents the overfitting:
+docs/EXPERIMENTS.md.
 """
 
 from configs import ct_quick

@@ -19,7 +19,7 @@ Run (GPU-sized: 512 slices x 40 patches / 40 = 512 steps per epoch, 51,200 steps
 work_dirs/mri_paper/noise2clean --out=results/mri_paper
 Expected: the ordering of the paper's Table 2 (RMSE and SSIM: Noise2clean > Proposed >
 Noise2noise > Zero-filling, SENSE). Measured runs of the CPU-sized variant (configs/mri_quick.py):
-docs/EXPERIMENTS.md.
+docs/RESULTS.md.
 """
 
 import ml_collections

@@ -6,7 +6,7 @@ paper's 1e-4 is far too slow for a few hundred steps) decayed to 0 by a half-cos
 rate is constant); docs/EXPERIMENTS.md has the measurements behind both choices.
 
 Run (make demo-mri does all of it, seed 0; make ablation-mri repeats the training over seeds
-0, 1, 2: 79 min with the data build on 2 CPU cores shared with another run, 2026-11-30):
+0, 1, 2):
   python -m data_prep.mri --config=quick
   python train.py --config=configs/mri_quick.py --workdir=work_dirs/mri_quick/noise2clean \
       --config.loss.kind=noise2clean --config.loss.beta_r=0
@@ -15,9 +15,7 @@ Run (make demo-mri does all of it, seed 0; make ablation-mri repeats the trainin
   python train.py --config=configs/mri_quick.py --workdir=work_dirs/mri_quick/consensus
   python evaluate.py --runs=work_dirs/mri_quick/consensus,work_dirs/mri_quick/noise2noise,\
 work_dirs/mri_quick/noise2clean --out=results/mri_quick
-Reaches (make ablation-mri, best-validation checkpoints; complex RMSE x 1e-3 / amplitude SSIM x
-100, mean +- std over seeds): zero-filling 102.3 / 63.1, SENSE 115.1 / 60.6, Noise2noise 103.3 +-
-3.5 / 53.0 +- 1.0, Proposed 75.0 +- 1.2 / 70.8 +- 0.3, Noise2clean 55.4 +- 0.8 / 79.2 +- 0.2.
+Results of make ablation-mri, its time and machine: docs/RESULTS.md.
 """
 
 from configs import mri_paper

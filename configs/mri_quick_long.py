@@ -4,9 +4,8 @@ validation every 100 steps, a checkpoint every 500 for the test trajectory.
 Run (measured on the set before the noise recalibration: add --config.data.config=quick_snr100):
   python ablation.py --config=configs/mri_quick_long.py --grid=consensus --seeds=0 \
     --root=work_dirs/mri_long --out=results/mri_long_consensus
-Reaches (quick_snr100, seed 0, 2-core CPU shared with other runs): the last step diverged (461 x
-1e-3); validation selected step 1,400 (81.2 / 65.9; zero-filling 109.9, SENSE 67.1). Details:
-docs/EXPERIMENTS.md ("How long to train").
+Results (the run diverges; what validation selects): docs/EXPERIMENTS.md ("MRI quick at 4,000
+steps").
 """
 
 from configs import mri_quick
