@@ -21,7 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from consensus_jax import input_pipeline, patches, train_lib
+from consensus_jax import input_pipeline, methods, patches, train_lib
 
 
 def _load_config(path: str):
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     config = _load_config(args.config)
     config.data.data_dir = args.data_dir
-    method = train_lib.Method.from_config(config)
+    method = methods.from_config(config)
     t0 = time.perf_counter()
     input_pipeline.import_tensorflow()
     import_s = time.perf_counter() - t0

@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.bench_train_step import Size
 from configs import tiny
-from consensus_jax import experiment, train_lib
+from consensus_jax import experiment, methods, train_lib
 
 # Size.steps here: the steps of each loop run and of each isolated-step timing.
 SIZES = {
@@ -73,7 +73,7 @@ def loop_step_seconds(size: Size, steps: int, per_dispatch: int, log_every: int)
 def isolated_step_seconds(size: Size, steps: int) -> float:
     """Seconds per step of the jitted train step alone on one device-resident batch."""
     config = _config(size, steps, 1, 10**9)
-    method = train_lib.Method.from_config(config)
+    method = methods.from_config(config)
     optimizer = train_lib.make_optimizer(config.optim.learning_rate)
     state = train_lib.create_train_state(method, optimizer, jax.random.PRNGKey(0))
     step = train_lib.make_train_step(method, optimizer)

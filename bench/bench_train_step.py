@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from consensus_jax import train_lib
+from consensus_jax import methods, train_lib
 from consensus_jax.models import UNetConfig
 from consensus_jax.xla_options import default_compiler_options
 
@@ -125,10 +125,10 @@ def make_jax_runner(model: UNetConfig, data: dict[str, np.ndarray], layout: str 
 
     ``compiler_options=None`` keeps ``make_train_step``'s platform default.
     """
-    method = train_lib.Method("consensus", model, layout, beta_w=BETA_W, beta_r=BETA_R)
+    method = methods.make("consensus", model, layout, beta_w=BETA_W, beta_r=BETA_R)
     opt = train_lib.make_optimizer(1e-4)
     state = train_lib.create_train_state(method, opt, jax.random.PRNGKey(seed))
-    params0 = jax.tree_util.tree_map(np.asarray, train_lib.split_params(method, state.params))
+    params0 = jax.tree_util.tree_map(np.asarray, method.split_params(state.params))
     jit_kwargs = {} if compiler_options is None else {"compiler_options": compiler_options}
     step = train_lib.make_train_step(method, opt, **jit_kwargs)
     batch = {k: jnp.asarray(v) for k, v in data.items()}
@@ -142,7 +142,7 @@ def make_jax_runner(model: UNetConfig, data: dict[str, np.ndarray], layout: str 
         jax.block_until_ready((s, metrics))
         holder["state"] = s
 
-    loss_jit = jax.jit(lambda p: train_lib.loss_fn(method, p, batch)[0])
+    loss_jit = jax.jit(lambda p: method.loss(p, batch)[0])
 
     def loss() -> float:
         return float(loss_jit(holder["state"].params))

@@ -38,7 +38,8 @@ _MANIFEST_KEYS = ("modality", "kind", "inputs", "units", "scale", "channels", "c
 
 
 class Model:
-    """A denoiser: ``denoise(x)`` for one image per slice, ``denoise(x1, x2)`` for a pair."""
+    """A denoiser: ``denoise(x)`` for one image per slice, ``denoise(x1, x2)`` for a pair
+    (``inputs`` names them)."""
 
     def __init__(self, exported: export.Exported, params: list[np.ndarray],
                  manifest: dict[str, Any]):
@@ -83,30 +84,36 @@ class Model:
 
     @property
     def inputs(self) -> list[str]:
-        """The images each slice needs: ["x1", "x2"] for the consensus pair, else one."""
+        """The images each slice needs: ["x1", "x2"] for the consensus pair, one image for a
+        single network (its name says which: x_est, x1, ...)."""
         return list(self.manifest["inputs"])
 
-    def denoise(self, x1: np.ndarray, x2: np.ndarray | None = None,
-                batch_size: int = 8, progress: Any = None) -> np.ndarray:
+    def denoise(self, *images: np.ndarray, batch_size: int = 8,
+                progress: Any = None) -> np.ndarray:
         """Denoised slices, in the units of the input (the manifest's ``units``).
 
         Args:
-          x1: [S, H, W] (one channel) or [S, H, W, C]; any H, W (padded inside).
-          x2: the second half, for a model whose ``inputs`` are two images; else None.
+          images: one array per entry of ``inputs`` (a consensus pair: x1, x2), each
+            [S, H, W] (one channel) or [S, H, W, C]; any H, W (padded inside).
           batch_size: slices per call.
           progress: optional callable(n) told after each batch how many slices were done.
         """
-        pair = len(self.inputs) == 2
-        if pair and x2 is None:
-            raise InputError(f"This model ({self.manifest['kind']}) denoises a pair of half "
-                             "reconstructions (x1, x2) of each slice; pass both, or export a "
-                             "distilled model (loss.kind=distill) to denoise single images.")
-        if not pair and x2 is not None:
-            raise InputError(f"This model ({self.manifest['kind']}) takes one image per slice; "
-                             "pass x1 only.")
-        arrays = [self._prepare(x, name) for x, name in ((x1, "x1"), (x2, "x2")) if x is not None]
-        if pair and arrays[0].shape != arrays[1].shape:
-            raise InputError(f"x1 {arrays[0].shape} and x2 {arrays[1].shape} differ in shape.")
+        names = self.inputs
+        if len(images) < len(names) and len(names) > 1:
+            raise InputError(
+                f"This model ({self.manifest['kind']}) denoises "
+                + ("a pair of half reconstructions" if len(names) == 2 else
+                   f"the {len(names)} split reconstructions")
+                + f" ({', '.join(names)}) of each slice; pass all of them, or export a "
+                "distilled model (loss.kind=distill) to denoise single images.")
+        if len(images) != len(names):
+            raise InputError(f"This model ({self.manifest['kind']}) takes "
+                             + ("one image per slice; pass x1 only." if len(names) == 1 else
+                                f"{len(names)} images per slice ({', '.join(names)})."))
+        arrays = [self._prepare(x, name) for x, name in zip(images, names, strict=True)]
+        if any(a.shape != arrays[0].shape for a in arrays):
+            raise InputError(f"The inputs {', '.join(names)} differ in shape: "
+                             f"{[a.shape for a in arrays]}.")
         scale = float(self.manifest["scale"])
         out = []
         for start in range(0, arrays[0].shape[0], batch_size):
@@ -115,7 +122,7 @@ class Model:
             if progress is not None:
                 progress(batch[0].shape[0])
         y = np.concatenate(out)
-        return y[..., 0] if np.ndim(x1) == 3 else y
+        return y[..., 0] if np.ndim(images[0]) == 3 else y
 
     def _prepare(self, x: np.ndarray, name: str) -> np.ndarray:
         x = np.asarray(x, np.float32)

@@ -315,10 +315,11 @@ def _require_modality(model: artifact.Model, modality: str, what: str) -> None:
 
 
 def _require_single_image(model: artifact.Model, what: str) -> None:
-    if len(model.inputs) == 2:
+    if len(model.inputs) > 1:
         raise InputError(
-            f"{what} has one reconstructed image per slice, but this model is a consensus pair "
-            "that needs the two half reconstructions. Distil it into one network "
+            f"{what} has one reconstructed image per slice, but this model "
+            f"({model.manifest['kind']}) needs {len(model.inputs)} split reconstructions "
+            f"({', '.join(model.inputs)}). Distil it into one network "
             "(train.py --config.loss.kind=distill --config.loss.teacher=<the pair's workdir> "
             "--config.loss.beta_r=0) and use that.")
 

@@ -25,12 +25,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from consensus_jax import input_pipeline, metrics, train_lib
+from consensus_jax import input_pipeline, methods, metrics
 from consensus_jax import outputs as output_paths
 from consensus_jax import workdir as wd
 from consensus_jax.errors import ConfigError, InputError, RunError
 from consensus_jax.runs import (  # noqa: F401 - part of evaluation's interface
-    learned_columns,
     load_params,
     load_run,
     predict,
@@ -150,7 +149,7 @@ def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], heade
     return {kind: out_dir / name for kind, name in names.items()}
 
 
-def evaluate_on_test(config: ml_collections.ConfigDict, method: train_lib.Method, params: Any,
+def evaluate_on_test(config: ml_collections.ConfigDict, method: methods.Method, params: Any,
                      workdir: Path, step: int) -> dict[str, float]:
     """Mean test metrics of a trained run against the first reference (eval_summary.json).
 
@@ -234,7 +233,7 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
     runs, chosen_by = [], []
     for d in run_dirs:  # every run's config and checkpoint, before anything is computed
         cfg = wd.load_config(d)
-        method = train_lib.Method.from_config(cfg)
+        method = methods.from_config(cfg)
         params, step, why = load_params(d, method, cfg, checkpoint)
         runs.append((method, params, step, cfg))
         chosen_by.append(why)
@@ -250,7 +249,7 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
                            f"{config.data.config}; evaluate runs of one dataset together.")
     filled: dict[str, str] = {}  # table column -> the run that fills it
     for d, (method, *_) in zip(run_dirs, runs, strict=True):
-        for column in learned_columns(method.kind):
+        for column in method.columns:
             if column in filled:
                 raise ConfigError(f"Two runs fill the column {column!r}: {filled[column]} and "
                                   f"{d}; evaluate them separately.")
@@ -313,7 +312,7 @@ def trajectory(run_dirs: Sequence[str | Path], out_dir: str | Path,
     rows, unrestored = [], []
     for d in run_dirs:
         config = wd.load_config(d)
-        method = train_lib.Method.from_config(config)
+        method = methods.from_config(config)
         images = input_pipeline.load_split(config.data, config.data.test_split, config.modality)
         mngr = wd.checkpoint_manager(Path(d), keep=1_000_000)
         steps = sorted(mngr.all_steps())

@@ -16,10 +16,10 @@ and TensorBoard; every process takes part in the (orbax) checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import time
-from functools import partial
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +27,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from consensus_jax import input_pipeline, metrics, outputs, runs, train_lib
+from consensus_jax import input_pipeline, methods, metrics, outputs, runs, train_lib
 from consensus_jax import workdir as wd
-from consensus_jax.errors import ConfigError, MissingRunError, OutputUnwritableError
+from consensus_jax.errors import ConfigError, OutputUnwritableError
 
-#: Environment variable for the tests of exact resume: the process exits (status
-#: ``CRASH_EXIT_STATUS``, no cleanup) right after this step, as a crash between steps would.
-CRASH_AFTER_STEP = "CONSENSUS_JAX_CRASH_AFTER_STEP"
-CRASH_EXIT_STATUS = 86  # none of the statuses of consensus_jax.errors
 #: Written into the workdir when early stopping ends a run; such a run is finished.
 EARLY_STOP_FILE = "early_stop.json"
 
@@ -77,63 +74,29 @@ class _Logger:
             self.writer.close()
 
 
-class _Teacher:
-    """The trained consensus run a ``distill`` network learns from, and its outputs z (Eq. 9)."""
-
-    def __init__(self, method: train_lib.Method, config: ml_collections.ConfigDict):
-        where = f"loss.teacher={method.teacher}"
-        try:
-            t_method, self.params, self.step, t_config = runs.load_run(method.teacher)
-        except FileNotFoundError as e:
-            raise MissingRunError(f"{where}: {e}") from None
-        if t_method.kind != "consensus":
-            raise ConfigError(f"{where} is a {t_method.kind!r} run; distillation needs a trained "
-                              "consensus pair (loss.kind='consensus').")
-        ours = (config.modality, config.data.name, config.data.config)
-        theirs = (t_config.modality, t_config.data.name, t_config.data.config)
-        if ours != theirs:
-            raise ConfigError(f"{where} was trained on {'/'.join(theirs)}, this run trains on "
-                              f"{'/'.join(ours)}: distil on the teacher's own dataset.")
-        self.method, self.batch_size = t_method, int(config.eval.batch_size)
-        self.data_keys = tuple(dict.fromkeys(
-            (*[k for k in method.input_keys() if k != train_lib.TEACHER_KEY], "x1", "x2")))
-        if jax.process_index() == 0:
-            print(f"Teacher: {method.teacher}, step {self.step} (its best checkpoint).")
-
-    def add_outputs(self, images: dict[str, np.ndarray], keep: tuple[str, ...] | None = None
-                    ) -> dict[str, np.ndarray]:
-        """``images`` with the teacher's output on every whole slice; ``keep``: the keys to keep
-        besides it (and the slice labels)."""
-        (z,) = runs.predict(self.method, self.params, images, self.batch_size).values()
-        out = {k: v for k, v in images.items()
-               if keep is None or k in keep or k in ("patient_id", "slice_index")}
-        out[train_lib.TEACHER_KEY] = z
-        return out
-
-
 class _Validator:
     """Label-free validation on whole held-out slices, the best checkpoint, and the guards.
 
-    Every ``train.eval_every_steps`` the method's own loss (``train_lib.validation_terms``) is
+    Every ``train.eval_every_steps`` the method's own loss (``method.validation_terms``) is
     computed on the validation split. The checkpoint with the lowest validation loss so far is
     kept in ``<workdir>/best`` (orbax, best_fn over the stored metrics, one kept), beside the
     latest ones in ``checkpoints/`` that resume uses. The oracle scores against the reference are
     logged under ``oracle/`` and never used for a decision.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, method: train_lib.Method,
+    def __init__(self, config: ml_collections.ConfigDict, method: methods.Method,
                  workdir: Path, images: dict[str, np.ndarray], replicated: NamedSharding):
         self.method, self.modality = method, config.modality
         self.every = int(config.train.eval_every_steps)
         self.patience = int(config.train.early_stop_patience)
         self.warn_after = int(config.train.overfit_warning_evals)
         self.batch_size = int(config.eval.batch_size)
-        keys = [k for k in ("x1", "x2", "x_est", "x_ref", "x_clean", method.image_input,
-                            train_lib.TEACHER_KEY) if k in images]
+        keys = [k for k in (*method.input_keys(), *method.export_inputs, "x_ref", "x_clean")
+                if k in images]
         # Whole slices in every process, on the devices of the mesh.
         self.images = replicate({k: images[k] for k in dict.fromkeys(keys)}, replicated)
-        self.pixels = int(np.prod(images["x1"].shape[1:3]))
-        self.step_fn = jax.jit(partial(train_lib.validation_terms, method))
+        self.pixels = int(np.prod(images["x_ref"].shape[1:3]))
+        self.step_fn = jax.jit(method.validation_terms)
         self.best = wd.best_manager(workdir)
         step = self.best.best_step()
         self.best_step = step
@@ -143,12 +106,9 @@ class _Validator:
         self.train_fit: list[float] = []
         self.since_best = 0
 
-    def due(self, step: int, total_steps: int) -> bool:
-        return self.every > 0 and (step % self.every == 0 or step == total_steps)
-
     def evaluate(self, params: Any) -> dict[str, float]:
         sums: dict[str, float] = {}
-        num = self.images["x1"].shape[0]
+        num = self.images["x_ref"].shape[0]
         for start in range(0, num, self.batch_size):
             batch = {k: v[start:start + self.batch_size] for k, v in self.images.items()}
             terms, z = self.step_fn(params, batch)
@@ -231,7 +191,7 @@ _BOUNDS = (
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the key, its value and the allowed range, before anything is
-    written (the loss settings are checked by ``train_lib.Method``)."""
+    written (the loss settings are checked by the method, ``consensus_jax.methods``)."""
     lr = config.optim.learning_rate
     if not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0):
         raise ConfigError(f"optim.learning_rate={lr!r}: must be a positive number (the paper: "
@@ -259,34 +219,55 @@ def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return int(config.train.num_epochs) * steps_per_epoch
 
 
-def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_change: bool = False
-        ) -> tuple[train_lib.TrainState, train_lib.Method]:
-    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the state.
+@dataclasses.dataclass
+class Run:
+    """What ``setup`` prepares before the first step of ``fit``.
 
-    A finished run (latest checkpoint at the final step) is returned as is, never retrained.
+    ``images``: the training split's whole slices (the method's input keys), host arrays;
+    ``keys``: (k_init, k_order, k_patch, k_step) from the config's seed.
     """
-    workdir = Path(workdir)
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    method: methods.Method
+    optimizer: optax.GradientTransformation
+    schedule: train_lib.PatchSchedule
+    total_steps: int
+    images: dict[str, np.ndarray]
+    keys: tuple[jax.Array, ...]
+    mesh: Mesh
+    prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None
+    config_changed: bool
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P("data"))
+
+
+def setup(config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool) -> Run:
+    """Checks the config and the workdir, loads the training split and builds the schedule and
+    the optimizer; writes nothing."""
     check_config(config)
     outputs.check_writable(workdir / "config.json", "--workdir")
-    method = train_lib.Method.from_config(config)
+    method = methods.from_config(config)
     tcfg = config.train
-    pid, nproc = jax.process_index(), jax.process_count()
-    # Checked now, stored only once the run has started (below): a run that fails to start
-    # (a bad value, a shape that does not fit the checkpoint) leaves the workdir as it was.
+    # Checked now, stored only once the run has started: a run that fails to start (a bad
+    # value, a shape that does not fit the checkpoint) leaves the workdir as it was.
     config_changed = wd.check_workdir_config(workdir, config, allow_config_change, write=False)
     mesh = train_lib.make_mesh()
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
     if tcfg.batch_size % mesh.size:
         raise ConfigError(f"train.batch_size={tcfg.batch_size} must be divisible by the number of "
                           f"devices ({mesh.size}).")
-
-    teacher = _Teacher(method, config) if method.kind == "distill" else None
+    prepare = method.prepare(config, runs.load_run)  # e.g. the distillation teacher's outputs
     images = input_pipeline.load_split(config.data, config.data.train_split, config.modality,
-                                       keys=teacher.data_keys if teacher else method.input_keys())
-    if teacher is not None:
-        images = teacher.add_outputs(images, keep=method.input_keys())
-    images = {k: v for k, v in images.items() if k not in ("patient_id", "slice_index")}
+                                       keys=method.data_keys())
+    if prepare is not None:
+        images = prepare(images)
+    images = {k: images[k] for k in method.input_keys()}
     num_slices, height, width = next(iter(images.values())).shape[:3]
     if tcfg.patch_size_px > min(height, width):
         raise ConfigError(f"train.patch_size_px={tcfg.patch_size_px} is larger than the training "
@@ -296,163 +277,288 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_cha
         raise ConfigError(f"{num_slices} slices x {tcfg.patches_per_slice} patches per slice is "
                           f"less than one batch of {tcfg.batch_size}: lower train.batch_size.")
     total_steps = _num_steps(config, steps_per_epoch)
-
     optimizer = train_lib.make_optimizer(config.optim.learning_rate,
                                          config.optim.get("schedule", "constant"), total_steps)
-    root = jax.random.PRNGKey(config.seed)
-    k_init, k_order, k_patch, k_step = jax.random.split(root, 4)
-    state = jax.device_put(train_lib.create_train_state(method, optimizer, k_init), replicated)
-
-    mngr = wd.checkpoint_manager(workdir, tcfg.keep_checkpoints)
-    start = 0
-    if mngr.all_steps():
-        state, start = wd.restore_latest_intact(workdir / wd.CHECKPOINTS, mngr.all_steps(),
-                                                state)
-        mngr.reload()  # a damaged step moved aside is no longer listed
-    stopped = workdir / EARLY_STOP_FILE
-    if start >= total_steps or stopped.exists():
-        why = f"stopped early at step {start}" if stopped.exists() else \
-            f"already trained to step {start} of {total_steps}"
-        if pid == 0:
-            print(f"{workdir}: {why}; nothing to do.")
-        mngr.close()
-        return state, method
-    if config_changed and pid == 0:
-        wd.store_config(workdir, config, step=start)
-    who = f" (process {pid} of {nproc})" if nproc > 1 else ""
-    if start:
-        tqdm.write(f"{workdir}: resuming from step {start}{who}.")
-
-    validator = None
-    val_split = config.data.validation_split
-    if int(tcfg.eval_every_steps) > 0:
-        if input_pipeline.has_split(config.data, val_split):
-            val_images = input_pipeline.load_split(config.data, val_split, config.modality)
-            if teacher is not None:
-                val_images = teacher.add_outputs(val_images)
-            validator = _Validator(config, method, workdir, val_images, replicated)
-        elif pid == 0:
-            built_with = input_pipeline.dataset_metadata(config.data).get(
-                "num_validation_patients")
-            why = ("it was built with --config.num_validation_patients=0" if built_with == 0
-                   else "it was built before validation splits existed")
-            print(f"Note: the dataset {config.data.name}/{config.data.config} has no "
-                  f"{val_split!r} split ({why}): training without validation, best-checkpoint "
-                  "selection or early stopping. Rebuild it with data_prep and "
-                  "--config.num_validation_patients=1 or more (and a new --config.name) to get "
-                  "one, or pass --config.train.eval_every_steps=0 to train without it.")
-
-    patch_pixels = tcfg.patch_size_px ** 2
     schedule = train_lib.PatchSchedule(steps_per_epoch, int(tcfg.batch_size), num_slices,
                                        int(tcfg.patches_per_slice), int(tcfg.patch_size_px),
                                        bool(tcfg.augment))
-    keys = (k_order, k_patch, k_step)
-    per_dispatch = steps_per_dispatch(config)
-    images = replicate(images, replicated)
+    keys = tuple(jax.random.split(jax.random.PRNGKey(config.seed), 4))
+    return Run(config, workdir, method, optimizer, schedule, total_steps, images, keys, mesh,
+               prepare, config_changed)
+
+
+def restore(run: Run) -> tuple[train_lib.TrainState, int, ocp.CheckpointManager]:
+    """(state, its step, the checkpoint manager): the newest intact checkpoint of the workdir,
+    or a fresh state at step 0."""
+    state = jax.device_put(train_lib.create_train_state(run.method, run.optimizer, run.keys[0]),
+                           run.replicated)
+    mngr = wd.checkpoint_manager(run.workdir, run.config.train.keep_checkpoints)
+    start = 0
+    if mngr.all_steps():
+        state, start = wd.restore_latest_intact(run.workdir / wd.CHECKPOINTS, mngr.all_steps(),
+                                                state)
+        mngr.reload()  # a damaged step moved aside is no longer listed
+    return state, start, mngr
+
+
+def make_validator(run: Run) -> _Validator | None:
+    """The validator of the run's validation split, or None (no evaluations asked for, or a
+    dataset without the split, which is said once)."""
+    config = run.config
+    split = config.data.validation_split
+    if int(config.train.eval_every_steps) <= 0:
+        return None
+    if input_pipeline.has_split(config.data, split):
+        images = input_pipeline.load_split(config.data, split, config.modality)
+        if run.prepare is not None:
+            images = run.prepare(images)
+        return _Validator(config, run.method, run.workdir, images, run.replicated)
+    if jax.process_index() == 0:
+        built_with = input_pipeline.dataset_metadata(config.data).get("num_validation_patients")
+        why = ("it was built with --config.num_validation_patients=0" if built_with == 0
+               else "it was built before validation splits existed")
+        print(f"Note: the dataset {config.data.name}/{config.data.config} has no {split!r} split "
+              f"({why}): training without validation, best-checkpoint selection or early "
+              "stopping. Rebuild it with data_prep and --config.num_validation_patients=1 or "
+              "more (and a new --config.name) to get one, or pass "
+              "--config.train.eval_every_steps=0 to train without it.")
+    return None
+
+
+def make_advance(run: Run) -> Callable[[train_lib.TrainState, int, int],
+                                       tuple[train_lib.TrainState, dict]]:
+    """``advance(state, first, stop) -> (state, metrics of step stop - 1)``: trains steps
+    ``first .. stop - 1``, in ``train.steps_per_dispatch`` steps per dispatch."""
+    _, k_order, k_patch, k_step = run.keys
+    keys, schedule = (k_order, k_patch, k_step), run.schedule
+    images = replicate(run.images, run.replicated)
     orders: dict[int, jax.Array] = {}  # the current epoch's slice order, computed once
 
     def epoch_order(step: int) -> jax.Array:
-        epoch = step // steps_per_epoch
+        epoch = step // schedule.steps_per_epoch
         if epoch not in orders:
             orders.clear()
             orders[epoch] = schedule.order(k_order, epoch)
         return orders[epoch]
 
-    if per_dispatch > 1:
+    if steps_per_dispatch(run.config) > 1:
         # Several steps per dispatch, each cutting its patches on the device.
         multi_step = train_lib.make_multi_step(
-            method, optimizer, schedule, batch_sharding if mesh.size > 1 else None,
-            out_shardings=(replicated, replicated))
+            run.method, run.optimizer, schedule,
+            run.batch_sharding if run.mesh.size > 1 else None,
+            out_shardings=(run.replicated, run.replicated))
 
         def advance(state, first, stop):
             return multi_step(state, images, keys, epoch_order(first), jnp.int32(first),
                               jnp.int32(stop - first))
-    else:
-        # One dispatch per step plus one that cuts its batch (laid out over the devices; on
-        # several processes each holds its rows of the same global batch).
-        cut = train_lib.make_batch_cutter(schedule, out_shardings=(batch_sharding, replicated))
-        train_step = train_lib.make_train_step(method, optimizer,
-                                               out_shardings=(replicated, replicated))
+        return advance
+    # One dispatch per step plus one that cuts its batch (laid out over the devices; on several
+    # processes each holds its rows of the same global batch).
+    cut = train_lib.make_batch_cutter(schedule, out_shardings=(run.batch_sharding,
+                                                               run.replicated))
+    train_step = train_lib.make_train_step(run.method, run.optimizer,
+                                           out_shardings=(run.replicated, run.replicated))
 
-        def advance(state, first, stop):
-            for step in range(first, stop):
-                batch, step_key = cut(images, epoch_order(step), keys, step)
-                state, step_metrics = train_step(state, batch, step_key)
-            return state, step_metrics
+    def advance(state, first, stop):
+        for step in range(first, stop):
+            batch, step_key = cut(images, epoch_order(step), keys, step)
+            state, step_metrics = train_step(state, batch, step_key)
+        return state, step_metrics
+    return advance
 
-    checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
-    logger = _Logger(workdir, bool(tcfg.get("tensorboard", True)), enabled=pid == 0)
-    exit_at = int(os.environ.get(CRASH_AFTER_STEP, "0") or 0)
-    bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
-               disable=pid != 0 or not tcfg.get("progress", True), desc=method.kind)
-    intervals = [int(tcfg.log_every_steps), int(tcfg.checkpoint_every_steps)]
-    if validator is not None:
-        intervals.append(validator.every)
-    t_last, s_last = time.perf_counter(), start
-    step = start
-    while step < total_steps:
-        # Run up to the next step at which the host has something to do.
-        stop = min([total_steps, step + per_dispatch] + [(step // n + 1) * n for n in intervals
-                                                         if n > 0]
-                   + ([exit_at] if exit_at > step else []))
-        state, step_metrics = advance(state, step, stop)
-        bar.update(stop - step)
-        step = done = stop
-        epoch, i = divmod(done - 1, steps_per_epoch)
-        validate = validator is not None and validator.due(done, total_steps)
-        if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
-                or done == total_steps or validate:
-            host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            try:
-                train_lib.check_finite(host, done, mngr.latest_step())
-            except FloatingPointError:
-                mngr.wait_until_finished()  # no half-written checkpoint left behind
-                mngr.close()
-                raise
-            now = time.perf_counter()
-            rate = (done - s_last) * tcfg.batch_size / max(now - t_last, 1e-9)
-            t_last, s_last = now, done
-            logger.write(done, {**host, "epoch": epoch + (i + 1) / steps_per_epoch,
-                                "patches_per_s": rate})
-            postfix = {"epoch": f"{epoch + 1}", "loss": f"{host['total']:.4g}",
-                       "patches_s": f"{rate:.0f}"}
-            stop_early = False
-            if validator is not None:
-                validator.train_fit.append(host[method.kind] / patch_pixels)
-                if validate:
-                    train_fit = float(np.mean(validator.train_fit))
-                    validator.train_fit = []
-                    scalars, warning = validator.update(done, state.params, train_fit)
-                    logger.write(done, scalars)
-                    if warning and pid == 0:
-                        tqdm.write(f"Warning: {warning}")
-                    stop_early = validator.should_stop()
-                if validator.best_step is not None:
-                    postfix.update(val=f"{validator.best_loss:.4g}@{validator.best_step}")
-            bar.set_postfix(postfix)
-            if done % tcfg.checkpoint_every_steps == 0 or done == total_steps or stop_early:
-                _ensure_checkpoint_space(mngr, workdir, done, checkpoint_bytes)
-                wd.save_state(mngr, done, state)
-            if stop_early:
-                if pid == 0:
-                    wd.atomic_write(workdir / EARLY_STOP_FILE, json.dumps(
-                        {"step": done, "best_step": validator.best_step,
-                         "patience_evaluations": validator.patience}))
-                    tqdm.write(f"Early stop at step {done}: no better validation loss for "
-                               f"{validator.patience} evaluations (best: step "
-                               f"{validator.best_step}).")
+
+class Hook:
+    """Something the loop does between steps: after every step that is a multiple of
+    ``every`` (0: none), after step ``at`` (None: none) and after the run's last step.
+    ``needs_metrics``: the loop fetches (and checks, and logs) the step's metrics first."""
+
+    every: int = 0
+    at: int | None = None
+    needs_metrics: bool = True
+
+    def due(self, step: int, last: int, stopping: bool = False) -> bool:
+        """Whether the hook runs after ``step`` (``last``: the run's last step; ``stopping``:
+        a hook asked the run to stop at this step)."""
+        return bool(self.every and step % self.every == 0) or step == self.at or step == last
+
+    def next_step(self, step: int) -> int | None:
+        """The first step after ``step`` at which this hook is due (the last one aside)."""
+        candidates = [(step // self.every + 1) * self.every] if self.every else []
+        candidates += [self.at] if self.at is not None and self.at > step else []
+        return min(candidates, default=None)
+
+    def __call__(self, loop: Loop, step: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Called once when the loop ends normally."""
+
+
+class _Validate(Hook):
+    """Validation, the best checkpoint and early stopping (``_Validator``)."""
+
+    def __init__(self, validator: _Validator):
+        self.validator, self.every = validator, validator.every
+
+    def __call__(self, loop: Loop, step: int) -> None:
+        v = self.validator
+        train_fit = float(np.mean(loop.fits))
+        loop.fits = []
+        scalars, warning = v.update(step, loop.state.params, train_fit)
+        loop.logger.write(step, scalars)
+        if warning and loop.pid == 0:
+            tqdm.write(f"Warning: {warning}")
+        if v.best_step is not None:
+            loop.bar.set_postfix({**loop.postfix, "val": f"{v.best_loss:.4g}@{v.best_step}"})
+        if v.should_stop():
+            loop.request_stop({"step": step, "best_step": v.best_step,
+                               "patience_evaluations": v.patience},
+                              f"Early stop at step {step}: no better validation loss for "
+                              f"{v.patience} evaluations (best: step {v.best_step}).")
+
+    def close(self) -> None:
+        self.validator.close()
+
+
+class _Checkpoint(Hook):
+    """The latest checkpoints (orbax, asynchronous), also when the run stops early."""
+
+    def __init__(self, mngr: ocp.CheckpointManager, every: int, checkpoint_bytes: int):
+        self.mngr, self.every, self.bytes = mngr, every, checkpoint_bytes
+
+    def due(self, step: int, last: int, stopping: bool = False) -> bool:
+        return stopping or super().due(step, last)
+
+    def __call__(self, loop: Loop, step: int) -> None:
+        _ensure_checkpoint_space(self.mngr, loop.run.workdir, step, self.bytes)
+        wd.save_state(self.mngr, step, loop.state)
+
+
+class Loop:
+    """Runs the steps of ``run`` from ``start`` and hands control to its hooks between them.
+
+    At every step where a hook is due (and every ``train.log_every_steps``), the step's metrics
+    are fetched, checked for NaN (``TrainingDiverged``, keeping the checkpoints) and logged; then
+    each due hook runs, in order. A hook may ``request_stop``; the run then saves its checkpoint
+    and ends (early stopping).
+    """
+
+    def __init__(self, run: Run, state: train_lib.TrainState, start: int,
+                 mngr: ocp.CheckpointManager, hooks: Sequence[Hook]):
+        self.run, self.state, self.step, self.mngr, self.hooks = run, state, start, mngr, hooks
+        tcfg = run.config.train
+        self.pid = jax.process_index()
+        self.log_every = int(tcfg.log_every_steps)
+        self.logger = _Logger(run.workdir, bool(tcfg.get("tensorboard", True)),
+                              enabled=self.pid == 0)
+        self.bar = tqdm(total=run.total_steps, initial=start, unit="step", dynamic_ncols=True,
+                        disable=self.pid != 0 or not tcfg.get("progress", True),
+                        desc=run.method.kind)
+        self.fits: list[float] = []  # training fit terms per pixel since the last validation
+        self.postfix: dict[str, str] = {}
+        self.stop_record: dict | None = None
+        self._timer = (time.perf_counter(), start)
+
+    def request_stop(self, record: dict, message: str) -> None:
+        self.stop_record, self.stop_message = record, message
+
+    def _next_stop(self, per_dispatch: int) -> int:
+        """The next step at which the host has something to do."""
+        step = self.step
+        stops = [self.run.total_steps, step + per_dispatch, (step // self.log_every + 1)
+                 * self.log_every]
+        stops += [s for h in self.hooks if (s := h.next_step(step)) is not None]
+        return min(stops)
+
+    def _fetch_and_log(self, metrics: dict) -> None:
+        run, done = self.run, self.step
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        try:
+            train_lib.check_finite(host, done, self.mngr.latest_step())
+        except FloatingPointError:
+            self.mngr.wait_until_finished()  # no half-written checkpoint left behind
+            self.mngr.close()
+            raise
+        now, (t_last, s_last) = time.perf_counter(), self._timer
+        rate = (done - s_last) * run.config.train.batch_size / max(now - t_last, 1e-9)
+        self._timer = (now, done)
+        epoch, i = divmod(done - 1, run.schedule.steps_per_epoch)
+        self.logger.write(done, {**host, "epoch": epoch + (i + 1) / run.schedule.steps_per_epoch,
+                                 "patches_per_s": rate})
+        self.postfix = {"epoch": f"{epoch + 1}", "loss": f"{host['total']:.4g}",
+                        "patches_s": f"{rate:.0f}"}
+        self.fits.append(host[run.method.fit_term] / run.config.train.patch_size_px ** 2)
+        self.bar.set_postfix(self.postfix)
+
+    def run_steps(self, advance: Callable) -> train_lib.TrainState:
+        """Trains to the last step (or an early stop); returns the state."""
+        per_dispatch, last = steps_per_dispatch(self.run.config), self.run.total_steps
+        while self.step < last:
+            stop = self._next_stop(per_dispatch)
+            self.state, metrics = advance(self.state, self.step, stop)
+            self.bar.update(stop - self.step)
+            self.step = stop
+            if stop % self.log_every == 0 or any(h.needs_metrics and h.due(stop, last)
+                                                 for h in self.hooks):
+                self._fetch_and_log(metrics)
+            for hook in self.hooks:  # in order: a stop asked by one reaches the checkpoint
+                if hook.due(stop, last, stopping=self.stop_record is not None):
+                    hook(self, stop)
+            if self.stop_record is not None:
+                self._write_early_stop()
                 break
-        if exit_at and done == exit_at:
-            os._exit(CRASH_EXIT_STATUS)  # a crash between steps (tests of exact resume)
-    bar.close()
+        return self.state
+
+    def _write_early_stop(self) -> None:
+        if self.pid == 0:
+            wd.atomic_write(self.run.workdir / EARLY_STOP_FILE, json.dumps(self.stop_record))
+            tqdm.write(self.stop_message)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.logger.close()
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+        for hook in self.hooks:
+            hook.close()
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str | Path, allow_config_change: bool = False,
+        hooks: Sequence[Hook] = ()) -> tuple[train_lib.TrainState, methods.Method]:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the state.
+
+    A finished run (latest checkpoint at the final step, or stopped early) is returned as is,
+    never retrained. ``hooks`` run after validation and checkpointing at the steps they are due.
+    """
+    workdir = Path(workdir)
+    run = setup(config, workdir, allow_config_change)
+    state, start, mngr = restore(run)
+    pid, nproc = jax.process_index(), jax.process_count()
+    stopped = workdir / EARLY_STOP_FILE
+    if start >= run.total_steps or stopped.exists():
+        why = f"stopped early at step {start}" if stopped.exists() else \
+            f"already trained to step {start} of {run.total_steps}"
+        if pid == 0:
+            print(f"{workdir}: {why}; nothing to do.")
+        mngr.close()
+        return state, run.method
+    if run.config_changed and pid == 0:
+        wd.store_config(workdir, config, step=start)
+    who = f" (process {pid} of {nproc})" if nproc > 1 else ""
+    if start:
+        tqdm.write(f"{workdir}: resuming from step {start}{who}.")
+    validator = make_validator(run)
+    advance = make_advance(run)
+    checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
+    loop = Loop(run, state, start, mngr, [
+        *([_Validate(validator)] if validator is not None else []),
+        _Checkpoint(mngr, int(config.train.checkpoint_every_steps), checkpoint_bytes),
+        *hooks])
+    state = loop.run_steps(advance)
     if nproc > 1:  # each process says where it stopped: they must agree
-        print(f"{workdir}: trained to step {step}{who}.", flush=True)
-    logger.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    if validator is not None:
-        validator.close()
-    return state, method
+        print(f"{workdir}: trained to step {loop.step}{who}.", flush=True)
+    loop.close()
+    return state, run.method
 
 
 def _ensure_checkpoint_space(mngr: ocp.CheckpointManager, workdir: Path, step: int,

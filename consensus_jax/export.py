@@ -27,7 +27,7 @@ import numpy as np
 from jax import export
 
 import consensus_jax
-from consensus_jax import artifact, errors, input_pipeline, outputs, runs, train_lib
+from consensus_jax import artifact, errors, input_pipeline, outputs, runs
 from consensus_jax.errors import ConfigError, MissingRunError
 
 #: The command named in the record of each folder it writes (``consensus_jax.outputs``).
@@ -47,18 +47,17 @@ def build(workdir: str | Path, checkpoint: str | int = "best"
     """(exported function, its parameters, manifest) of a run's checkpoint."""
     method, params, step, config = runs.load_run(workdir, checkpoint)
     leaves, treedef = jax.tree.flatten(params)
-    pair = method.kind == "consensus"
     channels = int(method.model.in_channels)
 
     def denoise(leaves, *images):
-        return train_lib.denoise(method, jax.tree.unflatten(treedef, leaves), *images)
+        return method.denoise(jax.tree.unflatten(treedef, leaves), *images)
 
     b, h, w = export.symbolic_shape("b, h, w")
     image = jax.ShapeDtypeStruct((b, h, w, channels), jnp.float32)
     specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
     platforms = PLATFORMS if _cuda_lowering_available() else ("cpu",)
     exported = export.export(jax.jit(denoise), platforms=platforms)(
-        specs, *([image, image] if pair else [image]))
+        specs, *[image] * len(method.export_inputs))
     units, scale = UNITS[config.modality]
     stored = (Path(workdir) / "config.json").read_bytes()
     metadata = input_pipeline.dataset_metadata(config.data)
@@ -66,8 +65,8 @@ def build(workdir: str | Path, checkpoint: str | int = "best"
         "format_version": artifact.FORMAT_VERSION,
         "modality": config.modality,
         "kind": method.kind,
-        "inputs": ["x1", "x2"] if pair else [method.image_input],
-        "input_description": _describe_inputs(config.modality, method),
+        "inputs": list(method.export_inputs),
+        "input_description": method.describe_inputs(config.modality),
         "units": units,
         "scale": scale,
         "channels": channels,
@@ -94,15 +93,6 @@ def _cuda_lowering_available() -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means: CPU only
         return False
-
-
-def _describe_inputs(modality: str, method: train_lib.Method) -> str:
-    if method.kind == "consensus":
-        return ("the two half reconstructions of each slice: CT odd- and even-view FBP; MRI the "
-                "two zero-filled, amplified halves of the sampled lines")
-    names = {"ct": {"x_est": "the low-dose FBP of all views", "x_full": "a full-dose FBP"},
-             "mri": {"x_est": "the SENSE reconstruction", "x_zf": "the zero-filled image"}}
-    return names[modality].get(method.image_input, method.image_input)
 
 
 def write(exported: export.Exported, params: list[np.ndarray], manifest: dict[str, Any],

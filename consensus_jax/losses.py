@@ -96,6 +96,50 @@ def consensus_loss(y1: Array, y2: Array, x1: Array, x2: Array) -> tuple[Array, T
     return loss, {"consensus": loss, "fit1": fit1, "fit2": fit2, "disagreement": disagreement}
 
 
+def consensus_mean(ys: list[Array] | tuple[Array, ...]) -> Array:
+    """The denoised image of K networks, ``z = (1/K) sum_k y_k`` (Eq. 9 for K = 2)."""
+    return consensus_average(*ys) if len(ys) == 2 else sum(ys) / len(ys)
+
+
+def consensus_loss_k(ys: list[Array] | tuple[Array, ...], xs: list[Array] | tuple[Array, ...]
+                     ) -> tuple[Array, Terms]:
+    """The consensus loss of K networks on K independent splits (Eq. 8 for K = 2).
+
+    With a_k = y_k - x, the identity ``||mean_k a_k||^2 = (1/K) sum_k ||a_k||^2 -
+    (1/(2K^2)) sum_{j,k} ||a_j - a_k||^2`` writes the clean consensus error (Eq. 7) as fit terms
+    and a disagreement; each unknown clean error ``||y_k - x||^2`` is replaced by the error
+    against the mean of the other splits, ``||y_k - mean_{j != k} x_j||^2``, which has the same
+    expectation plus a constant when the splits' noises are independent and zero-mean given the
+    input (docs/k_way_consensus.md). So
+
+    ``Ln = 1/N sum_i [(1/K) sum_k ||y_ik - mean_{j != k} x_ij||^2
+    - (K - 1)/(2K) D_i]``, ``D_i = (1/(K(K-1))) sum_{j != k} ||y_ij - y_ik||^2``.
+
+    For K = 2 the other splits' mean is the other half and D = ||y1 - y2||^2: Eq. 8 term by term
+    (``consensus_loss``), which this calls then.
+
+    Args:
+      ys: the K outputs f_k(x_k), each [B, H, W, C].
+      xs: the K split reconstructions x_k, each [B, H, W, C].
+    Returns:
+      ``Ln`` and the terms ``fit1`` .. ``fitK`` and ``disagreement`` (D, batch-averaged).
+    """
+    k = len(ys)
+    if k != len(xs) or k < 2:
+        raise ValueError(f"consensus_loss_k needs K >= 2 outputs and as many splits, got "
+                         f"{len(ys)} and {len(xs)}.")
+    if k == 2:
+        return consensus_loss(ys[0], ys[1], xs[0], xs[1])
+    total = sum(xs)
+    fits = [jnp.mean(squared_norm(y - (total - x) / (k - 1))) for y, x in zip(ys, xs,
+                                                                               strict=True)]
+    pairs = [jnp.mean(squared_norm(ys[a] - ys[b])) for a in range(k) for b in range(a + 1, k)]
+    disagreement = 2.0 * sum(pairs) / (k * (k - 1))
+    loss = sum(fits) / k - (k - 1) / (2.0 * k) * disagreement
+    return loss, {"consensus": loss, **{f"fit{i + 1}": f for i, f in enumerate(fits)},
+                  "disagreement": disagreement}
+
+
 def weight_decay(*param_sets: Any) -> tuple[Array, Terms]:
     """Eq. 10, ``Lw = ||Theta1||^2 + ||Theta2||^2``: sum of squares of every parameter.
 

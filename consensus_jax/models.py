@@ -167,7 +167,7 @@ class UNet(nn.Module):
         if x.shape[1] % m or x.shape[2] % m:
             raise ValueError(
                 f"UNet with depth {cfg.depth} needs H and W divisible by {m}, got {x.shape[1:3]}; "
-                "use consensus_jax.models.apply_padded (or train_lib.denoise) for other sizes."
+                "use consensus_jax.models.apply_padded (or a method's denoise) for other sizes."
             )
         dtype = _DTYPES[cfg.dtype]
         reshape = resolve_layer_impl(cfg.layer_impl) == "reshape"

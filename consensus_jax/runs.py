@@ -8,49 +8,26 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from consensus_jax import train_lib
+from consensus_jax import methods, train_lib
 from consensus_jax import workdir as wd
 from consensus_jax.errors import ConfigError, MissingRunError, RunError
+from consensus_jax.methods import Method
 
 
-def learned_columns(kind: str) -> tuple[str, ...]:
-    """Table columns a trained run of ``loss.kind`` fills."""
-    return {"consensus": ("Proposed",), "noise2noise": ("Noise2noise", "Noise2noise (both halves)"),
-            "noise2clean": ("Noise2clean",), "distill": ("Proposed (distilled)",)}[kind]
-
-
-def predict(method: train_lib.Method, params: Any, images: Mapping[str, np.ndarray],
+def predict(method: Method, params: Any, images: Mapping[str, np.ndarray],
             batch_size: int = 4) -> dict[str, np.ndarray]:
-    """Denoised whole test slices [S, H, W, C] for each table column the method fills."""
-    fn = jax.jit(partial(train_lib.denoise, method), static_argnames=("average_halves",))
-    num = images["x1"].shape[0]
-    outputs: dict[str, list[np.ndarray]] = {}
-    for start in range(0, num, batch_size):
-        sl = slice(start, start + batch_size)
-        if method.kind in ("noise2clean", "distill"):
-            (column,) = learned_columns(method.kind)
-            outs = {column: fn(params, jnp.asarray(images[method.image_input][sl]))}
-        elif method.kind == "noise2noise":
-            x1, x2 = jnp.asarray(images["x1"][sl]), jnp.asarray(images["x2"][sl])
-            outs = {"Noise2noise": fn(params, x1),
-                    "Noise2noise (both halves)": fn(params, x1, x2, average_halves=True)}
-        else:
-            outs = {"Proposed": fn(params, jnp.asarray(images["x1"][sl]),
-                                   jnp.asarray(images["x2"][sl]))}
-        for k, v in outs.items():
-            outputs.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in outputs.items()}
+    """Denoised whole test slices [S, H, W, C] for each table column the method fills
+    (``method.columns``), from the images it declares (``Method.predict_slices``)."""
+    return method.predict_slices(params, images, batch_size)
 
 
 def resolve_checkpoint(workdir: str | Path, checkpoint: str | int = "best"
@@ -92,7 +69,7 @@ def resolve_checkpoint(workdir: str | Path, checkpoint: str | int = "best"
     return workdir / wd.CHECKPOINTS, step, "requested"
 
 
-def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collections.ConfigDict,
+def load_params(workdir: str | Path, method: Method, config: ml_collections.ConfigDict,
                 checkpoint: str | int = "best") -> tuple[Any, int, str]:
     """The parameters of one of a run's checkpoints (``resolve_checkpoint``), its step and how
     it was chosen, replicated over this machine's devices whatever the topology the run was saved
@@ -103,7 +80,7 @@ def load_params(workdir: str | Path, method: train_lib.Method, config: ml_collec
     so); a requested step that fails raises RunError. Nothing in the run is changed.
     """
     directory, step, why = resolve_checkpoint(workdir, checkpoint)
-    params = jax.eval_shape(lambda: train_lib.init_network_params(method, jax.random.PRNGKey(0)))
+    params = jax.eval_shape(lambda: method.init_params(jax.random.PRNGKey(0)))
 
     def opt_state_shapes():
         optimizer = train_lib.make_optimizer(1.0, config.optim.schedule, total_steps=1)
@@ -154,10 +131,10 @@ def _why_none_restores(workdir: Path, failed: list[tuple[tuple[Path, int, str], 
 
 
 def load_run(workdir: str | Path, checkpoint: str | int = "best"
-             ) -> tuple[train_lib.Method, Any, int, ml_collections.ConfigDict]:
+             ) -> tuple[Method, Any, int, ml_collections.ConfigDict]:
     """(method, params, step, config) of a finished or partial training run; ``checkpoint``:
     "best" (default), "latest" or a step (``resolve_checkpoint``)."""
     config = wd.load_config(workdir)
-    method = train_lib.Method.from_config(config)
+    method = methods.from_config(config)
     params, step, _ = load_params(workdir, method, config, checkpoint)
     return method, params, step, config

@@ -23,12 +23,17 @@ def smooth_images(num: int, size_px: int, seed: int, smoothness_px: float = 3.0,
     return np.moveaxis(img, 1, -1).astype(np.float32)
 
 
-def noisy_pairs(num: int, size_px: int, sigma: float, seed: int,
-                channels: int = 1) -> dict[str, np.ndarray]:
-    """A split-measurement-like set: ``x_ref`` (clean), ``x1``, ``x2``, ``x_est``; [N, H, W, C]."""
+def noisy_pairs(num: int, size_px: int, sigma: float, seed: int, channels: int = 1,
+                num_splits: int = 2) -> dict[str, np.ndarray]:
+    """A split-measurement-like set: ``x_ref`` (clean), ``x1`` .. ``xK``, ``x_est``;
+    [N, H, W, C]. Each of the K splits holds 1/K of the measurement, so its noise std is
+    ``sigma * sqrt(K / 2)`` (``sigma`` for the paper's halves) and ``x_est``, their mean, has
+    the same noise whatever K."""
     x = smooth_images(num, size_px, seed, channels=channels)
     rng = np.random.default_rng(seed + 1)
-    n1 = sigma * rng.standard_normal(x.shape).astype(np.float32)
-    n2 = sigma * rng.standard_normal(x.shape).astype(np.float32)
-    x1, x2 = x + n1, x + n2
-    return {"x1": x1, "x2": x2, "x_est": 0.5 * (x1 + x2), "x_ref": x}
+    std = sigma if num_splits == 2 else sigma * np.sqrt(num_splits / 2.0)
+    splits = {f"x{k + 1}": x + (std * rng.standard_normal(x.shape)).astype(np.float32)
+              for k in range(num_splits)}
+    x_est = 0.5 * (splits["x1"] + splits["x2"]) if num_splits == 2 else \
+        sum(splits.values()) / num_splits
+    return {**splits, "x_est": x_est, "x_ref": x}

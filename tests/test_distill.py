@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from consensus_jax import evaluation, experiment, input_pipeline, train_lib
+from consensus_jax import evaluation, experiment, input_pipeline, methods
 
 
 def _config(**loss):
@@ -56,10 +56,10 @@ def test_distill_loss_is_the_squared_error_to_the_teacher_output(teacher, studen
     method, params, _, _ = evaluation.load_run(workdir, "latest")
     rng = np.random.default_rng(0)
     batch = {"x_est": rng.normal(size=(2, 32, 32, 1)).astype(np.float32),
-             train_lib.TEACHER_KEY: rng.normal(size=(2, 32, 32, 1)).astype(np.float32)}
-    loss, terms = train_lib.loss_fn(method, params, batch)
-    (g,) = train_lib.apply_networks(method, params, [batch["x_est"]])
-    expected = np.mean(np.sum((np.asarray(g) - batch[train_lib.TEACHER_KEY]) ** 2, (1, 2, 3)))
+             methods.TEACHER_KEY: rng.normal(size=(2, 32, 32, 1)).astype(np.float32)}
+    loss, terms = method.loss(params, batch)
+    (g,) = method.apply(params, [batch["x_est"]])
+    expected = np.mean(np.sum((np.asarray(g) - batch[methods.TEACHER_KEY]) ** 2, (1, 2, 3)))
     np.testing.assert_allclose(terms["distill"], expected, rtol=1e-5)
     lw = float(terms["weight_decay"])
     np.testing.assert_allclose(loss, expected + config.loss.beta_w * lw, rtol=1e-5)
@@ -67,7 +67,7 @@ def test_distill_loss_is_the_squared_error_to_the_teacher_output(teacher, studen
 
 def test_distill_needs_a_consensus_teacher_on_the_same_data(teacher, tmp_path):
     with pytest.raises(ValueError, match="needs loss.teacher"):
-        train_lib.Method.from_config(_config(kind="distill", beta_r=0.0))
+        methods.from_config(_config(kind="distill", beta_r=0.0))
     with pytest.raises(FileNotFoundError, match="loss.teacher=.*not a training workdir"):
         experiment.fit(_config(kind="distill", teacher=str(tmp_path / "none"), beta_r=0.0),
                        tmp_path / "a")

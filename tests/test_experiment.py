@@ -9,9 +9,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from crash_run import CRASH_EXIT_STATUS
 
 from configs import tiny
-from consensus_jax import evaluation, experiment
+from consensus_jax import evaluation, experiment, methods
 from consensus_jax import workdir as wd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,14 @@ def _train_cli(workdir, *extra, env=None):
                           env={**os.environ, **(env or {})})
 
 
+def _crash(workdir, step, *overrides):
+    """A tiny run killed right after ``step`` (tests/crash_run.py injects the hook)."""
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_run.py"), str(workdir),
+                             str(step), *overrides], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == CRASH_EXIT_STATUS, result.stderr[-2000:]
+
+
 def _params(workdir, step="latest"):
     _, params, step, _ = evaluation.load_run(workdir, step)
     return params, step
@@ -55,8 +64,7 @@ def reference_run(tmp_path_factory):
 
 
 def test_resume_after_crash_matches_uninterrupted(reference_run, tmp_path):
-    crashed = _train_cli(tmp_path, env={experiment.CRASH_AFTER_STEP: "7"})
-    assert crashed.returncode == experiment.CRASH_EXIT_STATUS, crashed.stderr[-2000:]
+    _crash(tmp_path, 7)
     # Checkpoints every 3 steps and saves are asynchronous: the crash right after step 7 leaves
     # step 6, or step 3 when the save of step 6 was still in flight.
     params6, step = _params(tmp_path)
@@ -77,8 +85,7 @@ def test_resume_after_crash_matches_uninterrupted(reference_run, tmp_path):
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
-    crashed = _train_cli(tmp_path, env={experiment.CRASH_AFTER_STEP: "10"})
-    assert crashed.returncode == experiment.CRASH_EXIT_STATUS, crashed.stderr[-2000:]
+    _crash(tmp_path, 10)
     ckpt = tmp_path / "checkpoints"
     steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     assert len(steps) == 2  # keep_checkpoints=2: 6 and 9 (or 3 and 6 if a save was in flight)
@@ -122,9 +129,7 @@ def test_steps_per_dispatch_changes_nothing_but_rounding(reference_run, multi_st
 
 
 def test_multi_step_resume_after_crash_matches_uninterrupted(multi_step_run, tmp_path):
-    crashed = _train_cli(tmp_path, "--config.train.steps_per_dispatch=5",
-                         env={experiment.CRASH_AFTER_STEP: "7"})
-    assert crashed.returncode == experiment.CRASH_EXIT_STATUS, crashed.stderr[-2000:]
+    _crash(tmp_path, 7, "train.steps_per_dispatch=5")
     experiment.fit(_config(train__steps_per_dispatch=5), tmp_path)
     params, step = _params(tmp_path)
     ref, _ = _params(multi_step_run)
@@ -248,7 +253,7 @@ def test_checkpoint_saved_in_the_old_single_item_layout_still_restores_and_resum
 
     first_half = tmp_path / "first_half"
     experiment.fit(_config(train__num_steps=6), first_half)
-    method = train_lib.Method.from_config(_config())
+    method = methods.from_config(_config())
     template = train_lib.create_train_state(method, train_lib.make_optimizer(1.0),
                                             jax.random.PRNGKey(0))
     state6 = wd.restore_state(first_half / wd.CHECKPOINTS, 6, template)

@@ -10,7 +10,7 @@ import pytest
 from conftest import dicom_series
 
 from configs import tiny
-from consensus_jax import artifact, evaluation, experiment, train_lib
+from consensus_jax import artifact, evaluation, experiment
 from consensus_jax import export as cj_export
 
 # Loads the artifact in a fresh interpreter where the training stack cannot be imported.
@@ -51,7 +51,8 @@ def test_exported_model_matches_train_lib_in_a_fresh_process_without_training_co
     folder = cj_export.write(*cj_export.build(runs[kind]), tmp_path / "model")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["kind"] == kind and manifest["units"] == "HU" and manifest["scale"] == 1000
-    assert manifest["inputs"] == (["x1", "x2"] if kind == "consensus" else ["x_est"])
+    # Each scheme is fed what evaluation feeds it: the pair both halves, Noise2noise one half.
+    assert manifest["inputs"] == (["x1", "x2"] if kind == "consensus" else ["x1"])
     assert "cpu" in manifest["platforms"] and len(manifest["config_sha256"]) == 64
     rng = np.random.default_rng(0)
     # Two sizes, one not a multiple of 2**depth (padded inside the exported function), in HU.
@@ -68,7 +69,7 @@ def test_exported_model_matches_train_lib_in_a_fresh_process_without_training_co
     out = np.load(tmp_path / "out.npz")
     for size in ("a", "b"):
         xs = [jnp.asarray(inputs[f"{size}_{n}"][..., None] / 1000) for n in manifest["inputs"]]
-        expected = np.asarray(train_lib.denoise(method, params, *xs))[..., 0] * 1000
+        expected = np.asarray(method.denoise(params, *xs))[..., 0] * 1000
         np.testing.assert_allclose(out[size], expected, atol=1e-3, rtol=1e-5)  # HU
 
 
@@ -246,7 +247,7 @@ def test_fastmri_round_trip_runs_the_pair_on_its_own_split(tmp_path):
         np.testing.assert_allclose(f["denoised_magnitude"][()], np.abs(z), rtol=1e-6)
         assert f["ismrmrd_header"][()] == src["ismrmrd_header"][()]
         masks = f["mask"][()]
-    # The pair's own inputs, made as in training, through train_lib.denoise.
+    # The pair's own inputs, made as in training, through the method's denoise.
     from consensus_jax.mri import fastmri, pipeline
     from consensus_jax.mri.masks import Undersampling
 
@@ -258,6 +259,6 @@ def test_fastmri_round_trip_runs_the_pair_on_its_own_split(tmp_path):
                                        recon, acquired=s.acquired)
     np.testing.assert_array_equal(masks[1], np.asarray(inputs["mask"]))
     method, params, _, _ = evaluation.load_run(tmp_path / "run", "latest")
-    y = np.asarray(train_lib.denoise(method, params, inputs["x1"][None], inputs["x2"][None]))[0]
+    y = np.asarray(method.denoise(params, inputs["x1"][None], inputs["x2"][None]))[0]
     expected = (y[..., 0] + 1j * y[..., 1]) * float(inputs["scale"])
     np.testing.assert_allclose(z[1], expected, atol=1e-5 * np.abs(expected).max())

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from configs import tiny
-from consensus_jax import experiment, train_lib
+from consensus_jax import experiment, methods, train_lib
 from consensus_jax.ct import io as ct_io
 from consensus_jax.errors import ConfigError, UserError
 from consensus_jax.mri import fastmri
@@ -181,10 +181,10 @@ def test_config_validation_only_raises_config_errors(changes):
             return
     try:
         experiment.check_config(config)
-        method = train_lib.Method.from_config(config)
+        method = methods.from_config(config)
         train_lib.make_optimizer(config.optim.learning_rate, config.optim.schedule, 10)
     except ConfigError:
         return
-    assert method.kind in train_lib.LOSS_KINDS
+    assert method.kind in methods.KINDS
     assert config.optim.learning_rate > 0 and config.train.batch_size >= 1
     assert all(np.isfinite(b) and b >= 0 for b in (method.beta_w, method.beta_r))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from consensus_jax import train_lib, xla_options
+from consensus_jax import methods, train_lib, xla_options
 from consensus_jax.models import (
     LAYER_IMPLS,
     UNet,
@@ -81,15 +81,15 @@ MODEL = UNetConfig(4, 1)
 
 
 def _loss_and_grads(impl, params, batch):
-    method = train_lib.Method("consensus", UNetConfig(4, 1, layer_impl=impl), beta_w=1e-3,
+    method = methods.make("consensus", UNetConfig(4, 1, layer_impl=impl), beta_w=1e-3,
                               beta_r=0.5)
-    return jax.jit(jax.value_and_grad(lambda p: train_lib.loss_fn(method, p, batch),
+    return jax.jit(jax.value_and_grad(lambda p: method.loss(p, batch),
                                       has_aux=True))(params)
 
 
 def test_consensus_loss_and_gradients_agree_across_variants():
-    method = train_lib.Method("consensus", MODEL, beta_w=1e-3, beta_r=0.5)
-    params = train_lib.init_network_params(method, jax.random.PRNGKey(0))
+    method = methods.make("consensus", MODEL, beta_w=1e-3, beta_r=0.5)
+    params = method.init_params(jax.random.PRNGKey(0))
     # Non-zero biases so that every parameter's gradient path is exercised.
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
@@ -127,7 +127,7 @@ def test_default_compiler_options_per_platform():
 
 
 def test_train_step_with_and_without_cpu_compiler_options():
-    method = train_lib.Method("consensus", MODEL, beta_w=1e-3, beta_r=0.5)
+    method = methods.make("consensus", MODEL, beta_w=1e-3, beta_r=0.5)
     opt = train_lib.make_optimizer(1e-2)
     rng = np.random.default_rng(5)
     batch = {k: jnp.asarray(rng.normal(size=(2, 8, 8, 1)), jnp.float32)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from consensus_jax import patches, synthetic, train_lib
+from consensus_jax import methods, patches, synthetic, train_lib
 from consensus_jax.models import UNetConfig
 
 MODEL = UNetConfig(base_features=8, depth=2)
@@ -40,10 +40,10 @@ def _train(method, train, steps=300, lr=3e-3, batch=16, seed=0):
 def test_every_scheme_denoises(kind, data):
     train, test = data
     beta_r = 0.5 if kind == "consensus" else 0.0
-    method = train_lib.Method(kind, MODEL, beta_w=1e-6, beta_r=beta_r, noise2clean_input="x1")
+    method = methods.make(kind, MODEL, beta_w=1e-6, beta_r=beta_r, noise2clean_input="x1")
     state, metrics = _train(method, train)
-    z = jax.jit(lambda p, a, b: train_lib.denoise(method, p, a, b))(
-        state.params, jnp.asarray(test["x1"]), jnp.asarray(test["x2"]))
+    z = jax.jit(method.denoise)(state.params,
+                                *[jnp.asarray(test[k]) for k in method.export_inputs])
     mse = float(np.mean((np.asarray(z) - test["x_ref"]) ** 2))
     noisy = float(np.mean((test["x1"] - test["x_ref"]) ** 2))
     assert mse < 0.35 * noisy, (kind, mse, noisy)
@@ -54,7 +54,7 @@ def test_every_scheme_denoises(kind, data):
 
 def test_step_compiles_once(data):
     train, _ = data
-    method = train_lib.Method("consensus", MODEL, beta_w=1e-6, beta_r=0.5)
+    method = methods.make("consensus", MODEL, beta_w=1e-6, beta_r=0.5)
     opt = train_lib.make_optimizer(1e-3)
     raw = chex.assert_max_traces(train_lib.make_train_step(method, opt, jit=False), n=1)
     step = jax.jit(raw, donate_argnums=(0,))
@@ -68,20 +68,20 @@ def test_step_compiles_once(data):
 
 def test_stacked_and_separate_layouts_agree(data):
     train, _ = data
-    sep = train_lib.Method("consensus", MODEL, "separate", beta_w=1e-3, beta_r=0.5)
-    stk = train_lib.Method("consensus", MODEL, "stacked", beta_w=1e-3, beta_r=0.5)
-    params = train_lib.init_network_params(sep, jax.random.PRNGKey(0))
+    sep = methods.make("consensus", MODEL, "separate", beta_w=1e-3, beta_r=0.5)
+    stk = methods.make("consensus", MODEL, "stacked", beta_w=1e-3, beta_r=0.5)
+    params = sep.init_params(jax.random.PRNGKey(0))
     stacked = {"stacked": jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]),
                                                  params["net1"], params["net2"])}
     batch = {k: train[k][:4] for k in ("x1", "x2", "x_est")}
-    grad = lambda m: jax.jit(jax.value_and_grad(lambda p: train_lib.loss_fn(m, p, batch),
+    grad = lambda m: jax.jit(jax.value_and_grad(lambda p: m.loss(p, batch),
                                                 has_aux=True))
     (l1, t1), g1 = grad(sep)(params)
     (l2, t2), g2 = grad(stk)(stacked)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for name in t1:
         np.testing.assert_allclose(t1[name], t2[name], rtol=1e-5)
-    g2_split = train_lib.split_params(stk, g2)
+    g2_split = stk.split_params(g2)
     for a, b in zip(jax.tree_util.tree_leaves([g1["net1"], g1["net2"]]),
                     jax.tree_util.tree_leaves(g2_split), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -89,11 +89,11 @@ def test_stacked_and_separate_layouts_agree(data):
 
 def test_consensus_loss_fn_matches_eq12(data):
     train, _ = data
-    method = train_lib.Method("consensus", MODEL, beta_w=1e-3, beta_r=0.5)
-    params = train_lib.init_network_params(method, jax.random.PRNGKey(3))
+    method = methods.make("consensus", MODEL, beta_w=1e-3, beta_r=0.5)
+    params = method.init_params(jax.random.PRNGKey(3))
     batch = {k: train[k][:4] for k in ("x1", "x2", "x_est")}
-    loss, _ = jax.jit(lambda p: train_lib.loss_fn(method, p, batch))(params)
-    y1, y2 = jax.jit(lambda p: train_lib.apply_networks(method, p, [batch["x1"], batch["x2"]]))(
+    loss, _ = jax.jit(lambda p: method.loss(p, batch))(params)
+    y1, y2 = jax.jit(lambda p: method.apply(p, [batch["x1"], batch["x2"]]))(
         params)
     # Eq. 12 written out in numpy from the networks' outputs and weights.
     y1n, y2n = np.asarray(y1, np.float64), np.asarray(y2, np.float64)
@@ -103,7 +103,7 @@ def test_consensus_loss_fn_matches_eq12(data):
     lw = sum(np.sum(np.asarray(w, np.float64) ** 2) for w in jax.tree_util.tree_leaves(params))
     lr = sq(0.5 * (y1n + y2n) - x_est)
     np.testing.assert_allclose(loss, ln + 1e-3 * lw + 0.5 * lr, rtol=1e-5)
-    z = jax.jit(lambda p: train_lib.denoise(method, p, batch["x1"], batch["x2"]))(params)
+    z = jax.jit(lambda p: method.denoise(p, batch["x1"], batch["x2"]))(params)
     np.testing.assert_allclose(z, 0.5 * (y1 + y2), rtol=1e-5, atol=1e-6)
 
 
@@ -117,13 +117,13 @@ def test_bfloat16_loss_and_gradients_stay_close_to_float32(data):
     import dataclasses
 
     train, _ = data
-    methods = {dt: train_lib.Method("consensus", dataclasses.replace(MODEL, dtype=dt),
-                                    beta_w=1e-3, beta_r=0.5)
-               for dt in ("float32", "bfloat16")}
-    params = train_lib.init_network_params(methods["float32"], jax.random.PRNGKey(3))
+    by_dtype = {dt: methods.make("consensus", dataclasses.replace(MODEL, dtype=dt),
+                                 beta_w=1e-3, beta_r=0.5)
+                for dt in ("float32", "bfloat16")}
+    params = by_dtype["float32"].init_params(jax.random.PRNGKey(3))
     batch = {k: train[k][:8] for k in ("x1", "x2", "x_est")}
-    out = {dt: jax.jit(jax.value_and_grad(lambda p, m=m: train_lib.loss_fn(m, p, batch)[0]))(
-        params) for dt, m in methods.items()}
+    out = {dt: jax.jit(jax.value_and_grad(lambda p, m=m: m.loss(p, batch)[0]))(
+        params) for dt, m in by_dtype.items()}
     (loss32, g32), (loss16, g16) = out["float32"], out["bfloat16"]
     assert loss16.dtype == jnp.float32
     np.testing.assert_allclose(float(loss16), float(loss32), rtol=0.02)
@@ -149,9 +149,9 @@ def test_nan_is_reported_with_the_term_name():
 
 def test_method_validation():
     with pytest.raises(ValueError, match="loss.kind"):
-        train_lib.Method("noise2void", MODEL)
+        methods.make("noise2void", MODEL)
     with pytest.raises(ValueError, match="beta_r"):
-        train_lib.Method("noise2noise", MODEL, beta_r=1.0)
+        methods.make("noise2noise", MODEL, beta_r=1.0)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
