@@ -1,5 +1,5 @@
 """The training schemes as plug-ins (consensus_jax.methods): the K-way consensus loss against
-Eq. 7-8 term by term, the held-out losses' bias, and the
+Eq. 7-8 term by term, Noise2Inverse against its definition, the held-out losses' bias, and the
 rule that no code outside ``methods/`` branches on a scheme's name."""
 
 from __future__ import annotations
@@ -73,7 +73,28 @@ def test_k_way_loss_is_the_clean_error_plus_a_constant(k):
     np.testing.assert_allclose(gaps, [constant, constant], rtol=0.05)
 
 
-@pytest.mark.parametrize("kind,k", [("consensus", 3)])
+def test_noise2inverse_is_its_definition():
+    k = 3
+    xs = [jnp.asarray(x) for x in _images(k, seed=7, shape=(2, 16, 16, 1))]
+    method = methods.make("noise2inverse", MODEL, num_splits=k)
+    params = method.init_params(jax.random.PRNGKey(0))
+    loss, terms = method.loss(params, dict(zip(methods.split_keys(k), xs, strict=True)))
+    (net,) = method.split_params(params)
+    expected = 0.0
+    for j in range(k):
+        others = sum(x for i, x in enumerate(xs) if i != j) / (k - 1)
+        y = method.apply({"net1": net}, [others])[0]
+        expected += float(np.mean(_norm2(np.asarray(y) - np.asarray(xs[j])))) / k
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+    assert set(terms) == {"noise2inverse", "total"}
+    z = method.denoise(params, *xs)
+    manual = np.mean([np.asarray(method.apply_whole(net, sum(x for i, x in enumerate(xs)
+                                                              if i != j) / (k - 1)))
+                      for j in range(k)], axis=0)
+    np.testing.assert_allclose(np.asarray(z), manual, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,k", [("consensus", 3), ("noise2inverse", 2), ("noise2inverse", 4)])
 def test_new_schemes_train_and_denoise(kind, k):
     from consensus_jax import patches, train_lib
 

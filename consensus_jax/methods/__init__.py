@@ -4,6 +4,7 @@
   noise2noise    Eq. 2, one network from one half to the other
   consensus      Eqs. 7-12, K networks on K splits (the paper's pair for K = 2)
   distill        one network to a trained consensus run's output (the paper's Discussion)
+  noise2inverse  one network, every "K - 1 splits -> the remaining one" (Hendriksen et al. 2020)
 
 A new scheme is one module here (a ``Method`` subclass with ``@register``, imported below) and
 a config; ``base.Method`` lists what it declares.
@@ -14,13 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from consensus_jax.errors import ConfigError
-from consensus_jax.methods import consensus, distill, noise2clean, noise2noise
+from consensus_jax.methods import consensus, distill, noise2clean, noise2inverse, noise2noise
 from consensus_jax.methods.base import REGISTRY, Method, split_keys
 from consensus_jax.methods.distill import TEACHER_KEY
 from consensus_jax.models import UNetConfig
 
 __all__ = ["KINDS", "REGISTRY", "TEACHER_KEY", "Method", "from_config", "make", "split_keys"]
-del consensus, distill, noise2clean, noise2noise  # registered on import
+del consensus, distill, noise2clean, noise2inverse, noise2noise  # registered on import
 
 #: Every ``loss.kind``: the paper's first, then the others in the order they were added.
 _PAPER = ("noise2clean", "noise2noise", "consensus")
