@@ -9,6 +9,11 @@ or orbax:
     from load_model import Model          # or: from consensus_jax.artifact import Model
     model = Model.load("exported/ct_distilled")
     denoised_hu = model.denoise(low_dose_hu)  # [S, H, W] in the manifest's units (CT: HU)
+
+A model of several networks (the consensus pair) also gives their spread, an uncertainty map in
+the same units: ``model.uncertainty(x1, x2)``, or both from one pass,
+``z, spread = model.denoise_with_uncertainty(x1, x2)`` (``model.has_uncertainty`` says whether
+it can).
 """
 
 from __future__ import annotations
@@ -23,17 +28,22 @@ import numpy as np
 from jax import export
 
 try:
-    from consensus_jax.errors import InputError, MissingRunError, RunError
+    from consensus_jax.errors import ConfigError, InputError, MissingRunError, RunError
 except ImportError:  # the copy beside an exported model stands alone
-    InputError = RunError = ValueError
+    ConfigError = InputError = RunError = ValueError
     MissingRunError = FileNotFoundError
 
 MANIFEST = "manifest.json"
 FUNCTION = "model.jaxexport"
 PARAMS = "params.npz"
-FORMAT_VERSION = 2
-#: Versions this loader reads: 2 adds the SHA-256 of each file ("files"); 1 had none.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: Versions this loader reads: 3 adds "outputs" (what the function returns: the denoised image,
+#: and for a model of several networks their spread); 2 adds the SHA-256 of each file
+#: ("files"); 1 had neither (its function returns the denoised image only).
+READABLE_VERSIONS = (1, 2, 3)
+#: What an exported function may return, in this order: the denoised image, then the per-pixel
+#: spread of the model's networks (``consensus_jax.uncertainty``), same shape and units.
+OUTPUTS = ("denoised", "spread")
 _MANIFEST_KEYS = ("modality", "kind", "inputs", "units", "scale", "channels", "checkpoint")
 
 
@@ -69,6 +79,13 @@ class Model:
         if missing:
             raise RunError(f"{path} lacks {', '.join(missing)}; the exported model is damaged: "
                            "export it again.")
+        outputs = manifest.get("outputs", ["denoised"])
+        if (manifest["format_version"] >= 3 and "outputs" not in manifest) or \
+                not isinstance(outputs, list) or outputs != list(OUTPUTS[:len(outputs)]) or \
+                not outputs:
+            raise RunError(f"{path}: outputs {manifest.get('outputs')!r}, expected "
+                           f"{list(OUTPUTS[:1])} or {list(OUTPUTS)}; the exported model is "
+                           "damaged: export it again.")
         _check_files(folder, manifest)
         try:
             exported = export.deserialize(bytearray((folder / FUNCTION).read_bytes()))
@@ -79,6 +96,9 @@ class Model:
         if here not in exported.platforms:
             raise RunError(f"{folder} was exported for {list(exported.platforms)}; JAX runs "
                            f"on {here!r} here. Export the model again on such a machine.")
+        if len(exported.out_avals) != len(outputs):
+            raise RunError(f"{folder / FUNCTION} returns {len(exported.out_avals)} arrays, the "
+                           f"manifest lists {outputs}; export the model again.")
         params = _read_params(folder / PARAMS, exported, len(manifest["inputs"]))
         return cls(exported, params, manifest)
 
@@ -87,6 +107,17 @@ class Model:
         """The images each slice needs: ["x1", "x2"] for the consensus pair, one image for a
         single network (its name says which: x_est, x1, ...)."""
         return list(self.manifest["inputs"])
+
+    @property
+    def outputs(self) -> list[str]:
+        """What the exported function returns: ["denoised"], or ["denoised", "spread"] for a
+        model of several networks (versions before 3 return the denoised image only)."""
+        return list(self.manifest.get("outputs", OUTPUTS[:1]))
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether the model gives the spread of its networks (``uncertainty``)."""
+        return "spread" in self.outputs
 
     def denoise(self, *images: np.ndarray, batch_size: int = 8,
                 progress: Any = None) -> np.ndarray:
@@ -98,6 +129,31 @@ class Model:
           batch_size: slices per call.
           progress: optional callable(n) told after each batch how many slices were done.
         """
+        return self._run(images, batch_size, progress)[0]
+
+    def uncertainty(self, *images: np.ndarray, batch_size: int = 8,
+                    progress: Any = None) -> np.ndarray:
+        """The spread of the model's networks per pixel (their standard deviation; for the
+        pair ``|f1 - f2| / 2``), >= 0, same shape and units as ``denoise``'s output; the
+        arguments are ``denoise``'s. A model of one network has none (ConfigError)."""
+        return self.denoise_with_uncertainty(*images, batch_size=batch_size,
+                                             progress=progress)[1]
+
+    def denoise_with_uncertainty(self, *images: np.ndarray, batch_size: int = 8,
+                                 progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(``denoise``, ``uncertainty``) from one pass of the networks."""
+        if not self.has_uncertainty:
+            raise ConfigError(
+                f"This model ({self.manifest['kind']}) has no uncertainty map: only a model of "
+                "several networks (loss.kind=consensus) gives the spread of its networks"
+                + ("" if self.manifest.get("format_version", 1) >= 3 else
+                   "; or it was exported before version 3: export it again") + ".")
+        z, spread = self._run(images, batch_size, progress)
+        return z, spread
+
+    def _run(self, images: tuple[np.ndarray, ...], batch_size: int,
+             progress: Any) -> list[np.ndarray]:
+        """Every entry of ``outputs`` for ``images``, in the input's units and layout."""
         names = self.inputs
         if len(images) < len(names) and len(names) > 1:
             raise InputError(
@@ -115,14 +171,17 @@ class Model:
             raise InputError(f"The inputs {', '.join(names)} differ in shape: "
                              f"{[a.shape for a in arrays]}.")
         scale = float(self.manifest["scale"])
-        out = []
+        out: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for start in range(0, arrays[0].shape[0], batch_size):
             batch = [a[start:start + batch_size] / scale for a in arrays]
-            out.append(np.asarray(self.exported.call(self.params, *batch)) * scale)
+            result = self.exported.call(self.params, *batch)
+            # Both outputs are linear in the scale (the spread is a standard deviation).
+            for acc, y in zip(out, result if len(out) > 1 else [result], strict=True):
+                acc.append(np.asarray(y) * scale)
             if progress is not None:
                 progress(batch[0].shape[0])
-        y = np.concatenate(out)
-        return y[..., 0] if np.ndim(images[0]) == 3 else y
+        ys = [np.concatenate(acc) for acc in out]
+        return [y[..., 0] if np.ndim(images[0]) == 3 else y for y in ys]
 
     def _prepare(self, x: np.ndarray, name: str) -> np.ndarray:
         x = np.asarray(x, np.float32)

@@ -22,7 +22,16 @@ Inputs, by what ``--input`` is:
   the input's ``ismrmrd_header`` and attributes.
 
 A model trained as the consensus pair needs the two halves of each slice; a reconstructed scan
-has one image, so distil the pair first (``loss.kind=distill``). The output is written under a
+has one image, so distil the pair first (``loss.kind=distill``).
+
+``--uncertainty`` (a model of several networks, ``Model.has_uncertainty``) also writes the
+spread of its networks (``consensus_jax.uncertainty``; ``|f1 - f2| / 2`` for the pair) beside
+the output, named after it (``uncertainty_path``): a second DICOM series (its own
+SeriesInstanceUID, "consensus spread" in SeriesDescription, the same geometry), or a second
+``.nii.gz`` / ``.npy`` / ``.h5`` file (``spread``: the modulus of the complex spread, in the units
+of ``denoised``). A model of one network refuses it (exit status 2).
+
+The output is written under a
 temporary name and renamed when complete. ``--overwrite`` replaces only an unchanged earlier
 output of this command, and the output may not be, contain or lie inside the input or the
 model (``consensus_jax.outputs``).
@@ -47,6 +56,20 @@ COMMAND = "consensus_jax.denoise"
 SPACING_TOLERANCE = 1.5
 #: Output suffixes for each kind of input (a DICOM series folder is written as a folder).
 OUTPUT_SUFFIXES = {"npy": (".npy",), "nifti": (".nii", ".nii.gz"), "fastmri": (".h5", ".hdf5")}
+#: Added to the output's name (before its suffix) for the networks' spread (``--uncertainty``).
+UNCERTAINTY_TAG = "_uncertainty"
+
+
+def uncertainty_path(output: str | Path) -> Path:
+    """Where ``--uncertainty`` writes the spread of ``output``: ``out.npy`` ->
+    ``out_uncertainty.npy``, ``vol.nii.gz`` -> ``vol_uncertainty.nii.gz``, a DICOM series folder
+    ``dn`` -> ``dn_uncertainty``."""
+    output = Path(output)
+    known = sorted({x for suffixes in OUTPUT_SUFFIXES.values() for x in suffixes}, key=len,
+                   reverse=True)
+    suffix = next((x for x in known if output.name.lower().endswith(x)), "")
+    stem = output.name[:len(output.name) - len(suffix)]
+    return output.with_name(f"{stem}{UNCERTAINTY_TAG}{output.name[len(stem):]}")
 
 
 def _trained_spacing(manifest: dict[str, Any]) -> float | None:
@@ -103,15 +126,21 @@ def input_kind(source: Path) -> str:
 
 
 def check_paths(source: str | Path, output: str | Path, overwrite: bool,
-                model: str | Path | None = None) -> tuple[Path, Path, str]:
+                model: str | Path | None = None, uncertainty: bool = False
+                ) -> tuple[Path, Path, str]:
     """(input, output, input kind) once the input exists, the output's name suits the input
-    and the output may be written there (``outputs.check_destination``): before any work."""
+    and the output (and with ``uncertainty`` the spread's, ``uncertainty_path``) may be written
+    there (``outputs.check_destination``): before any work."""
     source, output = Path(source), Path(output)
     if not source.exists():
         raise MissingInputError(f"--input {source} does not exist.")
     kind = input_kind(source)
     protected = {"input": source, "model": Path(model) if model is not None else None}
     outputs.check_destination(output, COMMAND, overwrite, protected)
+    if uncertainty:
+        outputs.check_destination(uncertainty_path(output), COMMAND, overwrite,
+                                  {**protected, "output": output},
+                                  flag="--uncertainty: the spread's output")
     suffixes = OUTPUT_SUFFIXES.get(kind)
     if suffixes and not output.name.lower().endswith(suffixes):
         raise ConfigError(f"--output {output}: a {kind} input is written as {' or '.join(suffixes)}"
@@ -119,20 +148,35 @@ def check_paths(source: str | Path, output: str | Path, overwrite: bool,
     return source, output, kind
 
 
-def _run(model: artifact.Model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
+def _run(model: artifact.Model, images: list[np.ndarray], batch_size: int,
+         uncertainty: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(denoised, the networks' spread or None unless ``uncertainty``), from one pass."""
     with tqdm(total=images[0].shape[0], unit="slice", desc="denoise") as bar:
-        return model.denoise(*images, batch_size=batch_size, progress=bar.update)
+        if uncertainty:
+            return model.denoise_with_uncertainty(*images, batch_size=batch_size,
+                                                  progress=bar.update)
+        return model.denoise(*images, batch_size=batch_size, progress=bar.update), None
+
+
+def require_uncertainty(model: artifact.Model) -> None:
+    """Refuses ``--uncertainty`` for a model without a spread of networks (usage error)."""
+    if not model.has_uncertainty:
+        raise ConfigError(
+            f"--uncertainty: this model ({model.manifest['kind']}) is one network, so it has no "
+            "spread of networks to write; only a model of several networks (loss.kind="
+            "consensus) gives one"
+            + ("" if model.manifest.get("format_version", 1) >= 3 else
+               " (and one exported before format version 3 must be exported again)")
+            + ". Leave out --uncertainty.")
 
 
 # --- formats -----------------------------------------------------------------------------------
 
 def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batch_size: int = 8,
                          allow_other_spacing: bool = False, allow_unusual_values: bool = False,
-                         **_: Any) -> Path:
-    """A new DICOM series in ``output`` from the CT series in ``folder``."""
-    import pydicom  # noqa: PLC0415
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: PLC0415
-
+                         uncertainty: bool = False, **_: Any) -> Path:
+    """A new DICOM series in ``output`` from the CT series in ``folder`` (and with
+    ``uncertainty`` a second one, the networks' spread in HU, at ``uncertainty_path``)."""
     from consensus_jax.ct import io as ct_io  # noqa: PLC0415
 
     _require_modality(model, "ct", f"{folder} (a DICOM series)")
@@ -140,11 +184,32 @@ def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batc
     volume = ct_io.read_dicom_series(folder)
     check_spacing(model.manifest, volume.pixel_size_mm, str(folder), allow_other_spacing)
     check_values(model.manifest, volume.hu, str(folder), allow_unusual_values)
-    denoised = _run(model, [volume.hu], batch_size)
+    denoised, spread = _run(model, [volume.hu], batch_size, uncertainty)
+    step = model.manifest["checkpoint"]["step"]
+    kind = model.manifest["kind"]
+    _write_dicom_series(volume.files, folder, output, denoised, "denoised",
+                        f"Denoised by consensus-jax ({kind}, step {step})")
+    if spread is not None:
+        _write_dicom_series(volume.files, folder, uncertainty_path(output), spread,
+                            "consensus spread (HU)",
+                            f"Spread of the networks (consensus uncertainty) by consensus-jax "
+                            f"({kind}, step {step})", uncertainty=True)
+    return output
+
+
+def _write_dicom_series(files: list[Path] | list[str], folder: Path, output: Path,
+                        hu: np.ndarray, description: str, derivation: str,
+                        uncertainty: bool = False) -> None:
+    """A derived series at ``output``: each file of ``files`` (under ``folder``) with the
+    pixels of ``hu`` [S, H, W] (HU, stored as the input stored its pixels), a new
+    SeriesInstanceUID and SOPInstanceUIDs, ``description`` appended to SeriesDescription; the
+    study, patient and geometry tags are kept."""
+    import pydicom  # noqa: PLC0415
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: PLC0415
+
     with outputs.write_output(output, COMMAND, folder=True) as tmp:
         series_uid = generate_uid()
-        step = model.manifest["checkpoint"]["step"]
-        for path, hu in zip(volume.files, denoised, strict=True):
+        for path, image in zip(files, hu, strict=True):
             ds = pydicom.dcmread(path, force=True)
             slope = float(ds.get("RescaleSlope", 1.0))
             intercept = float(ds.get("RescaleIntercept", 0.0))
@@ -152,7 +217,7 @@ def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batc
             bits = int(ds.get("BitsStored", ds.BitsAllocated))
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
             dtype = np.dtype(f"{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}")
-            stored = np.clip(np.round((hu.astype(np.float64) - intercept) / slope), lo, hi)
+            stored = np.clip(np.round((image.astype(np.float64) - intercept) / slope), lo, hi)
             syntax = ds.file_meta.get("TransferSyntaxUID")
             if syntax is None or syntax.is_compressed:  # written back uncompressed
                 ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -160,20 +225,23 @@ def denoise_dicom_series(model: artifact.Model, folder: Path, output: Path, batc
             ds.SeriesInstanceUID = series_uid
             ds.SOPInstanceUID = generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.SeriesDescription = f"{ds.get('SeriesDescription', '')} denoised".strip()
+            ds.SeriesDescription = f"{ds.get('SeriesDescription', '')} {description}".strip()
             ds.ImageType = ["DERIVED", "SECONDARY"]
-            ds.DerivationDescription = (f"Denoised by consensus-jax ({model.manifest['kind']}, "
-                                        f"step {step})")
+            ds.DerivationDescription = derivation
+            if uncertainty:  # the input's display window is for HU images, not for a spread
+                for tag in ("WindowCenter", "WindowWidth"):
+                    if tag in ds:
+                        delattr(ds, tag)
             target = tmp / Path(path).relative_to(folder)
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
-    return output
 
 
 def denoise_nifti(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
                   allow_other_spacing: bool = False, allow_unusual_values: bool = False,
-                  **_: Any) -> Path:
-    """A float32 NIfTI of the denoised axial slices (third axis), with the input's affine."""
+                  uncertainty: bool = False, **_: Any) -> Path:
+    """A float32 NIfTI of the denoised axial slices (third axis), with the input's affine (and
+    with ``uncertainty`` one of the networks' spread at ``uncertainty_path``)."""
     try:
         import nibabel as nib  # noqa: PLC0415
     except ImportError:
@@ -197,22 +265,31 @@ def denoise_nifti(model: artifact.Model, path: Path, output: Path, batch_size: i
     check_spacing(model.manifest, (float(zooms[0]), float(zooms[1])), str(path),
                   allow_other_spacing)
     check_values(model.manifest, slices, str(path), allow_unusual_values)
-    denoised = np.moveaxis(_run(model, [slices], batch_size), 0, 2)
-    header = image.header.copy()
-    header.set_data_dtype(np.float32)
-    out = nib.Nifti1Image(denoised.reshape(np.asarray(image.dataobj).shape).astype(np.float32),
-                          image.affine, header)
-    out.header.set_slope_inter(1.0, 0.0)
-    out.header["descrip"] = f"consensus-jax {model.manifest['kind']}"[:79].encode()
-    return _write_file(output, lambda tmp: nib.save(out, tmp))
+    denoised, spread = _run(model, [slices], batch_size, uncertainty)
+
+    def volume(stack: np.ndarray, what: str) -> Any:
+        header = image.header.copy()
+        header.set_data_dtype(np.float32)
+        data = np.moveaxis(stack, 0, 2).reshape(np.asarray(image.dataobj).shape)
+        out = nib.Nifti1Image(data.astype(np.float32), image.affine, header)
+        out.header.set_slope_inter(1.0, 0.0)
+        out.header["descrip"] = f"consensus-jax {model.manifest['kind']}{what}"[:79].encode()
+        return out
+
+    _write_file(output, lambda tmp: nib.save(volume(denoised, ""), tmp))
+    if spread is not None:
+        _write_file(uncertainty_path(output),
+                    lambda tmp: nib.save(volume(spread, " spread of the networks"), tmp))
+    return output
 
 
 def denoise_numpy(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
                   allow_other_spacing: bool = False, allow_unusual_values: bool = False,
-                  **_: Any) -> Path:
+                  uncertainty: bool = False, **_: Any) -> Path:
     """``.npy`` stack [S, H, W] or [H, W] in HU (single-image model) or ``.npz`` with x1, x2
-    (pair; an optional scalar ``pixel_size_mm`` is checked) -> ``.npy``. The files are read
-    and checked as data preparation reads them (``ct.io.read_numpy_stack``)."""
+    (pair; an optional scalar ``pixel_size_mm`` is checked) -> ``.npy`` (and with
+    ``uncertainty`` the networks' spread in HU, same shape, at ``uncertainty_path``). The files
+    are read and checked as data preparation reads them (``ct.io.read_numpy_stack``)."""
     from consensus_jax.ct import io as ct_io  # noqa: PLC0415
 
     _require_modality(model, "ct", f"{path} (a NumPy stack in HU)")
@@ -238,14 +315,20 @@ def denoise_numpy(model: artifact.Model, path: Path, output: Path, batch_size: i
                      allow_unusual_values)
     check_spacing(model.manifest, volumes[0].pixel_size_mm, str(path), allow_other_spacing)
     single = np.load(path, mmap_mode="r").ndim == 2 if path.suffix == ".npy" else False
-    denoised = _run(model, images, batch_size)
+    denoised, spread = _run(model, images, batch_size, uncertainty)
     denoised = denoised[0] if single else denoised
-    return _write_file(output, lambda tmp: np.save(tmp, denoised.astype(np.float32)))
+    _write_file(output, lambda tmp: np.save(tmp, denoised.astype(np.float32)))
+    if spread is not None:
+        spread = spread[0] if single else spread
+        _write_file(uncertainty_path(output), lambda tmp: np.save(tmp, spread.astype(np.float32)))
+    return output
 
 
 def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
-                    seed: int = 0, **_: Any) -> Path:
-    """fastMRI multi-coil k-space -> an ``.h5`` with the denoised complex images."""
+                    seed: int = 0, uncertainty: bool = False, **_: Any) -> Path:
+    """fastMRI multi-coil k-space -> an ``.h5`` with the denoised complex images (and with
+    ``uncertainty`` an ``.h5`` at ``uncertainty_path`` holding ``spread``, float32 [S, H, W]:
+    the modulus of the networks' complex spread, in the units of ``denoised``)."""
     import h5py  # noqa: PLC0415
     import jax  # noqa: PLC0415
 
@@ -268,7 +351,7 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
         sense_iterations=int(trained.get("sense_iterations", 30)))
     _, num_slices, _ = fastmri.read_fastmri_header(path)
     key = jax.random.PRNGKey(seed)
-    denoised, masks = [], []
+    denoised, masks, spreads = [], [], []
     with tqdm(total=num_slices, unit="slice", desc="denoise") as bar:
         for s in fastmri.read_fastmri_slices(path):  # one slice in memory at a time
             inputs = pipeline.consensus_inputs(np.asarray(s.kspace),
@@ -277,7 +360,14 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
             images = [np.asarray(inputs[k])[None] for k in model.inputs]
             for name, x in zip(model.inputs, images, strict=True):
                 check_values(manifest, x, f"{path} slice {s.index} ({name})", True)
-            z = model.denoise(*images, batch_size=batch_size)[0]
+            if uncertainty:
+                z, spread = (y[0] for y in model.denoise_with_uncertainty(
+                    *images, batch_size=batch_size))
+                # Per channel (real, imaginary) -> the modulus of the complex spread.
+                spreads.append(np.sqrt(np.sum(np.square(spread), axis=-1))
+                               * float(inputs["scale"]))
+            else:
+                z = model.denoise(*images, batch_size=batch_size)[0]
             denoised.append((z[..., 0] + 1j * z[..., 1]) * float(inputs["scale"]))
             masks.append(np.asarray(inputs["mask"]))
             bar.update(1)
@@ -295,7 +385,18 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
             dst.attrs["denoised_by"] = (f"consensus-jax {manifest['kind']}, step "
                                         f"{manifest['checkpoint']['step']}, seed {seed}")
 
-    return _write_file(output, save)
+    _write_file(output, save)
+    if uncertainty:
+        def save_spread(tmp: Path) -> None:
+            with h5py.File(tmp, "w") as dst:
+                dst.create_dataset("spread", data=np.stack(spreads).astype(np.float32))
+                dst.create_dataset("mask", data=np.stack(masks))
+                dst.attrs["spread_of"] = (f"the networks of consensus-jax {manifest['kind']}, "
+                                          f"step {manifest['checkpoint']['step']}, seed {seed}, "
+                                          f"beside {output.name}")
+
+        _write_file(uncertainty_path(output), save_spread)
+    return output
 
 
 def _write_file(output: Path, save: Callable[[Path], Any]) -> Path:
@@ -326,16 +427,19 @@ def _require_single_image(model: artifact.Model, what: str) -> None:
 
 def denoise_path(model: artifact.Model, source: str | Path, output: str | Path,
                  overwrite: bool = False, model_path: str | Path | None = None,
-                 **options: Any) -> Path:
-    """Denoises ``source`` (DICOM folder, NIfTI, .npy, .npz, fastMRI .h5) into ``output``.
+                 uncertainty: bool = False, **options: Any) -> Path:
+    """Denoises ``source`` (DICOM folder, NIfTI, .npy, .npz, fastMRI .h5) into ``output``; with
+    ``uncertainty`` also writes the networks' spread at ``uncertainty_path(output)``.
 
-    ``output`` must not exist, or be an unchanged earlier output of this command and
-    ``overwrite`` be set; it must lie apart from ``source`` and ``model_path`` (neither equal
-    nor nested either way)."""
-    source, output, kind = check_paths(source, output, overwrite, model_path)
+    ``output`` (and the spread's) must not exist, or be an unchanged earlier output of this
+    command and ``overwrite`` be set; it must lie apart from ``source`` and ``model_path``
+    (neither equal nor nested either way)."""
+    if uncertainty:
+        require_uncertainty(model)
+    source, output, kind = check_paths(source, output, overwrite, model_path, uncertainty)
     denoise = {"dicom": denoise_dicom_series, "nifti": denoise_nifti, "npy": denoise_numpy,
                "fastmri": denoise_fastmri}[kind]
-    return denoise(model, source, output, **options)
+    return denoise(model, source, output, uncertainty=uncertainty, **options)
 
 
 @errors.boundary
@@ -360,20 +464,27 @@ def main(argv: list[str] | None = None) -> int:
                       "from the training data's.", flag_values=fv)
     flags.DEFINE_bool("allow_unusual_values", False, "Denoise although CT values look unlike "
                       "HU.", flag_values=fv)
+    flags.DEFINE_bool("uncertainty", False, "Also write the spread of the model's networks (an "
+                      "uncertainty map; consensus models) beside the output, named "
+                      "<output>_uncertainty.", flag_values=fv)
     errors.define_verbose_flag(fv)
     errors.parse_flags(fv, argv or sys.argv)
     if not (fv.model and fv.input and fv.output):
         raise ConfigError("usage: python -m consensus_jax.denoise --model=MODEL --input=IN "
-                          "--output=OUT [--overwrite]")
+                          "--output=OUT [--overwrite] [--uncertainty]")
     from consensus_jax import export  # noqa: PLC0415 - the training stack, for workdirs
 
-    check_paths(fv.input, fv.output, fv.overwrite, fv.model)  # before loading anything
+    # Before loading anything.
+    check_paths(fv.input, fv.output, fv.overwrite, fv.model, fv.uncertainty)
     checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
     model = export.load(fv.model, checkpoint)
     out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite, model_path=fv.model,
                        batch_size=fv.batch_size, allow_other_spacing=fv.allow_other_spacing,
-                       allow_unusual_values=fv.allow_unusual_values, seed=fv.seed)
+                       allow_unusual_values=fv.allow_unusual_values, seed=fv.seed,
+                       uncertainty=fv.uncertainty)
     print(f"Denoised {fv.input} with {model!r} -> {out}")
+    if fv.uncertainty:
+        print(f"Spread of the networks -> {uncertainty_path(out)}")
     return 0
 
 

@@ -5,7 +5,9 @@ Zero-filling, SENSE, Noise2noise, Proposed, Noise2clean; plus "Noise2noise (both
 Noise2noise network applied to both halves and averaged. Rows give mean +- std over test slices.
 CT is scored against the full-dose FBP (the paper's protocol), against the FBP of noiseless
 projections (the clean image at the reconstruction's own resolution) and, secondary, against the
-source image (the Hann filter's blur alone sets an RMSE floor there).
+source image (the Hann filter's blur alone sets an RMSE floor there). For each method with a
+spread of networks (the consensus pair) the spread's rank correlation with the error per 16 x 16
+px patch is reported under the table (``spread_error_correlations``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from consensus_jax import input_pipeline, methods, metrics
+from consensus_jax import input_pipeline, methods, metrics, uncertainty
 from consensus_jax import outputs as output_paths
 from consensus_jax import workdir as wd
 from consensus_jax.errors import ConfigError, InputError, RunError
@@ -33,6 +35,7 @@ from consensus_jax.runs import (  # noqa: F401 - part of evaluation's interface
     load_params,
     load_run,
     predict,
+    predict_spread,
     resolve_checkpoint,
 )
 
@@ -106,11 +109,87 @@ def markdown_table(modality: str, results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+#: A patch lies inside the imaged object when the reference's patch mean exceeds this: CT the
+#: mean HU (stored / 1000; air is -1000 HU, soft tissue about 0), MRI the mean magnitude as a
+#: fraction of the slice's largest patch mean. Outside it (air, background) a pair can disagree
+#: without error (docs/RESULTS.md), so the ranking inside is reported apart.
+OBJECT_THRESHOLD = {"ct": -0.5, "mri": 0.1}
+
+
+def object_patches(modality: str, reference: np.ndarray, patch_px: int = uncertainty.PATCH_PX
+                   ) -> np.ndarray:
+    """bool [S, rows, cols]: the patches of ``reference`` [S, H, W, C] inside the object
+    (``OBJECT_THRESHOLD``)."""
+    if modality == "ct":
+        return np.asarray(uncertainty.patch_mean(reference, patch_px)) > OBJECT_THRESHOLD["ct"]
+    level = np.asarray(uncertainty.patch_mean_spread(reference, patch_px))  # mean magnitude
+    return level > OBJECT_THRESHOLD["mri"] * level.max(axis=(1, 2), keepdims=True)
+
+
+def spread_error_correlations(modality: str, spreads: Mapping[str, np.ndarray],
+                              outputs: Mapping[str, np.ndarray],
+                              images: Mapping[str, np.ndarray],
+                              patch_px: int = uncertainty.PATCH_PX, batch_size: int = 16
+                              ) -> list[dict[str, Any]]:
+    """How well each method's network spread ranks its error: per 16 x 16 px patch, the mean
+    spread against the RMS error of the method's output against each available reference,
+    Spearman's rank correlation over each slice's patches (mean and std over slices), over
+    all patches of the split (pooled) and over those inside the object (``object_patches``).
+
+    Args:
+      spreads: {column: per-pixel spread [S, H, W, C]} of the methods that have one.
+      outputs: {column: denoised slices [S, H, W, C]}.
+    Returns:
+      One record per (column, reference): ``method``, ``reference``, ``patch_px`` and the
+      fields of ``uncertainty.spread_error_correlation``.
+    """
+    mean_spread = jax.jit(uncertainty.patch_mean_spread, static_argnums=1)
+    rms_error = jax.jit(uncertainty.patch_rms_error, static_argnums=2)
+
+    def per_patch(fn: Callable[..., Any], *arrays: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(fn(*[a[i:i + batch_size] for a in arrays], patch_px))
+                               for i in range(0, arrays[0].shape[0], batch_size)])
+
+    records = []
+    for name, spread in spreads.items():
+        patch_spread = per_patch(mean_spread, spread)
+        for feature, label in REFERENCES[modality]:
+            if feature not in images:
+                continue
+            patch_error = per_patch(rms_error, outputs[name], images[feature])
+            inside = object_patches(modality, images[feature], patch_px)
+            records.append({"method": name, "reference": label, "patch_px": patch_px,
+                            **uncertainty.spread_error_correlation(patch_spread, patch_error,
+                                                                   inside)})
+    return records
+
+
+def spread_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """The markdown printed under the table for ``spread_error_correlations``; "" if none."""
+    if not records:
+        return ""
+    patch = records[0]["patch_px"]
+    lines = [f"Network spread as an uncertainty map: Spearman's rank correlation between the "
+             f"mean spread and the RMS error of each {patch} x {patch} px patch (mean ± std over "
+             "slices; pooled over all patches of the split, and over those inside the object).",
+             "",
+             "| Method | Reference | rho per slice | rho pooled | patches | rho inside the object "
+             "| patches inside |", "|---" * 7 + "|"]
+    lines += [f"| {r['method']} | {r['reference']} | {r['mean']:.2f} ± {r['std']:.2f} | "
+              f"{r['pooled']:.2f} | {r['num_patches']} | {r['object_pooled']:.2f} | "
+              f"{r['object_patches']} |" for r in records]
+    return "\n".join(lines)
+
+
 def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], header: str,
                   extra: Mapping[str, Any] | None = None,
-                  figure: Callable[[Path], Any] | None = None) -> dict[str, Path]:
+                  figure: Callable[[Path], Any] | None = None,
+                  spread: Sequence[Mapping[str, Any]] = ()) -> dict[str, Path]:
     """Writes table.md, table.csv, results.json (per-slice values) and, when ``figure`` is
-    given, figure.png (``figure(path)`` draws it) into ``out_dir`` as one set.
+    given, figure.png (``figure(path)`` draws it) into ``out_dir`` as one set. ``spread``
+    (``spread_error_correlations``) goes under the table in table.md, into table.csv as the
+    metrics ``spread_error_spearman`` (over slices), ``spread_error_spearman_pooled`` and
+    ``spread_error_spearman_object`` (no std) and into results.json as ``uncertainty``.
 
     Every file is first written into a temporary folder inside ``out_dir``; only when all of
     them exist do they replace the old set, whose files are kept under numbered names (never
@@ -122,7 +201,17 @@ def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], heade
     rows = [{"method": r.method, "reference": r.reference, "metric": k, "mean": float(np.mean(v)),
              "std": float(np.std(v)), "num_slices": int(v.size)}
             for r in results for k, v in r.values.items()]
+    csv_rows = rows + [row for r in spread for row in (
+        {"method": r["method"], "reference": r["reference"], "metric": "spread_error_spearman",
+         "mean": r["mean"], "std": r["std"], "num_slices": r["num_slices"]},
+        {"method": r["method"], "reference": r["reference"],
+         "metric": "spread_error_spearman_pooled", "mean": r["pooled"], "std": None,
+         "num_slices": len(r["per_slice"])},
+        {"method": r["method"], "reference": r["reference"],
+         "metric": "spread_error_spearman_object", "mean": r["object_pooled"], "std": None,
+         "num_slices": len(r["per_slice"])})]
     payload = {"modality": modality, "summary": rows, **(extra or {}),
+               **({"uncertainty": list(spread)} if spread else {}),
                "per_slice": [{"method": r.method, "reference": r.reference,
                               **{k: v.tolist() for k, v in r.values.items()}} for r in results]}
     names = {"md": "table.md", "csv": "table.csv", "json": "results.json"}
@@ -130,11 +219,12 @@ def write_outputs(out_dir: Path, modality: str, results: Sequence[Result], heade
         names["figure"] = "figure.png"
     tmp = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out_dir))
     try:
-        (tmp / names["md"]).write_text(f"{header}\n\n{table}\n")
+        below = f"\n{spread_table(spread)}\n" if spread else ""
+        (tmp / names["md"]).write_text(f"{header}\n\n{table}\n{below}")
         with (tmp / names["csv"]).open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(csv_rows)
         (tmp / names["json"]).write_text(json.dumps(payload, indent=1))
         if figure is not None:
             figure(tmp / names["figure"])
@@ -271,10 +361,15 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
     outputs.update(load_extra_baselines(config.data, config.data.test_split, images,
                                         note_missing=modality == "ct"))
     steps = {}
+    spreads: dict[str, np.ndarray] = {}  # column -> its networks' spread, where it has one
     for d, (method, params, step, _) in zip(run_dirs, runs, strict=True):
         outputs.update(predict(method, params, images, batch_size))
+        spread = predict_spread(method, params, images, batch_size)
+        if spread is not None:
+            spreads[method.columns[0]] = spread
         steps[str(d)] = step
     results = score(modality, outputs, images)
+    spread_records = spread_error_correlations(modality, spreads, outputs, images)
     header = (f"{modality.upper()} test split of {config.data.name}/{config.data.config}: "
               f"{num} slices, mean ± std over slices. Runs: "
               + (", ".join(f"{d} (step {s}: {why})" for (d, s), why
@@ -291,9 +386,12 @@ def evaluate(run_dirs: Sequence[str | Path], out_dir: str | Path,
             captions[r.method] = ", ".join(
                 f"{METRIC_LABELS.get(k, k)} {v[figure_slice]:.1f}" for k, v in r.values.items())
     paths = write_outputs(out, modality, results, header, {"runs": steps}, figure=lambda path:
-                          figures.comparison_figure(path, modality, panels, zoom_box, captions))
+                          figures.comparison_figure(path, modality, panels, zoom_box, captions),
+                          spread=spread_records)
     print(header)
     print(markdown_table(modality, results))
+    if spread_records:
+        print(f"\n{spread_table(spread_records)}\n")
     for kind, p in paths.items():
         print(f"{kind}: {p}")
     return paths

@@ -4,9 +4,11 @@
 
 The folder holds the denoising function as serialized StableHLO (``jax.export``, lowered for CPU
 and CUDA, with symbolic batch size, height and width; the padding to a multiple of 2**depth
-happens inside), its parameters as ``params.npz``, ``manifest.json`` (modality, inputs, units,
-the geometry and dose or acceleration trained for, the training config's hash, versions,
-platforms, checkpoint) and ``load_model.py``, the loader, which needs jax and numpy only.
+happens inside; for a scheme with several networks it returns their spread beside the denoised
+image, ``consensus_jax.uncertainty``), its parameters as ``params.npz``, ``manifest.json``
+(modality, inputs and outputs, units, the geometry and dose or acceleration trained for, the
+training config's hash, versions, platforms, checkpoint) and ``load_model.py``, the loader,
+which needs jax and numpy only.
 Orbax checkpoints stay the training format; this is what is handed on.
 """
 
@@ -49,8 +51,15 @@ def build(workdir: str | Path, checkpoint: str | int = "best"
     leaves, treedef = jax.tree.flatten(params)
     channels = int(method.model.in_channels)
 
+    # A scheme with a spread of networks exports (z, spread) from one pass of its networks;
+    # the manifest's "outputs" says which the function returns.
+    with_spread = method.spread is not None
+
     def denoise(leaves, *images):
-        return method.denoise(jax.tree.unflatten(treedef, leaves), *images)
+        params = jax.tree.unflatten(treedef, leaves)
+        if with_spread:
+            return method.denoise_and_spread(params, *images)
+        return method.denoise(params, *images)
 
     b, h, w = export.symbolic_shape("b, h, w")
     image = jax.ShapeDtypeStruct((b, h, w, channels), jnp.float32)
@@ -66,6 +75,7 @@ def build(workdir: str | Path, checkpoint: str | int = "best"
         "modality": config.modality,
         "kind": method.kind,
         "inputs": list(method.export_inputs),
+        "outputs": list(artifact.OUTPUTS if with_spread else artifact.OUTPUTS[:1]),
         "input_description": method.describe_inputs(config.modality),
         "units": units,
         "scale": scale,

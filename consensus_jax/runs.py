@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
@@ -28,6 +29,20 @@ def predict(method: Method, params: Any, images: Mapping[str, np.ndarray],
     """Denoised whole test slices [S, H, W, C] for each table column the method fills
     (``method.columns``), from the images it declares (``Method.predict_slices``)."""
     return method.predict_slices(params, images, batch_size)
+
+
+def predict_spread(method: Method, params: Any, images: Mapping[str, np.ndarray],
+                   batch_size: int = 4) -> np.ndarray | None:
+    """The spread of the method's networks on whole slices [S, H, W, C] (``method.spread``,
+    fed ``method.export_inputs`` as ``predict`` feeds them), or None for a method without one."""
+    if method.spread is None:
+        return None
+    fn = jax.jit(method.spread)
+    num = images[method.export_inputs[0]].shape[0]
+    return np.concatenate([
+        np.asarray(fn(params, *[jnp.asarray(images[k][start:start + batch_size])
+                                for k in method.export_inputs]))
+        for start in range(0, num, batch_size)])
 
 
 def resolve_checkpoint(workdir: str | Path, checkpoint: str | int = "best"

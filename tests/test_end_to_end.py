@@ -44,6 +44,11 @@ def test_evaluate_writes_table_csv_json_and_figure(runs, tmp_path):
     assert {r["method"] for r in results["summary"]} >= {"FBP", "TV", "Proposed"}
     assert (out / "figure.png").stat().st_size > 10_000
     assert (out / "table.csv").read_text().startswith("method,reference,metric,mean,std")
+    # The pair's spread against its error, under the table: a rank correlation per reference.
+    spread = [line for line in table.splitlines() if line.startswith("| Proposed | ")]
+    assert len(spread) == 3 and "Spearman's rank correlation" in stdout
+    for record in results["uncertainty"]:
+        assert record["method"] == "Proposed" and -1 <= record["pooled"] <= 1
     for kind in kinds:
         assert any((root / kind / "tensorboard").iterdir())
         assert (root / kind / "config.json").exists()

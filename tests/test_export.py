@@ -240,9 +240,12 @@ def test_fastmri_round_trip_runs_the_pair_on_its_own_split(tmp_path):
     with pytest.raises(denoise.InputError, match="does not record how its training data"):
         denoise.denoise_path(model, source, tmp_path / "out.h5")
     model.manifest["trained_for"] = {"acceleration": 2.0, "num_center_lines": 4}
-    out = denoise.denoise_path(model, source, tmp_path / "out.h5", seed=3)
+    out = denoise.denoise_path(model, source, tmp_path / "out.h5", seed=3, uncertainty=True)
+    with h5py.File(tmp_path / "out_uncertainty.h5") as f:
+        spread, spread_masks = f["spread"][()], f["mask"][()]
     with h5py.File(out) as f, h5py.File(source) as src:
         z = f["denoised"][()]
+        np.testing.assert_array_equal(f["mask"][()], spread_masks)
         assert z.shape == (SLICES, RECON, KY) and z.dtype == np.complex64
         np.testing.assert_allclose(f["denoised_magnitude"][()], np.abs(z), rtol=1e-6)
         assert f["ismrmrd_header"][()] == src["ismrmrd_header"][()]
@@ -262,3 +265,195 @@ def test_fastmri_round_trip_runs_the_pair_on_its_own_split(tmp_path):
     y = np.asarray(method.denoise(params, inputs["x1"][None], inputs["x2"][None]))[0]
     expected = (y[..., 0] + 1j * y[..., 1]) * float(inputs["scale"])
     np.testing.assert_allclose(z[1], expected, atol=1e-5 * np.abs(expected).max())
+    # The spread: |f1(x1) - f2(x2)| / 2 as complex numbers, in the units of ``denoised``.
+    ys = [np.asarray(method.apply_whole(params[f"net{k}"], inputs[f"x{k}"][None]))[0]
+          for k in (1, 2)]
+    diff = (ys[0] - ys[1])[..., 0] + 1j * (ys[0] - ys[1])[..., 1]
+    assert spread.shape == (SLICES, RECON, KY) and spread.dtype == np.float32
+    np.testing.assert_allclose(spread[1], np.abs(diff) / 2 * float(inputs["scale"]),
+                               atol=1e-5 * np.abs(expected).max())
+
+
+# --- the networks' spread (--uncertainty) --------------------------------------------------------
+
+def _one_image_pair(runs):
+    """The trained pair run on one image per slice (both networks read it): a model with one
+    input and a spread, as a DICOM series or NIfTI volume needs. ``(model, method, params)``."""
+    import jax
+    from jax import export as jax_export
+
+    method, params, _, _ = evaluation.load_run(runs["consensus"])
+    leaves, treedef = jax.tree.flatten(params)
+
+    def both(leaves, x):
+        return method.denoise_and_spread(jax.tree.unflatten(treedef, leaves), x, x)
+
+    b, h, w = jax_export.symbolic_shape("b, h, w")
+    exported = jax_export.export(jax.jit(both), platforms=("cpu",))(
+        [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+        jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32))
+    _, _, manifest = cj_export.build(runs["consensus"])
+    manifest = {**manifest, "inputs": ["x_est"]}
+    model = artifact.Model(jax_export.deserialize(exported.serialize()),
+                           [np.asarray(x) for x in leaves], manifest)
+    return model, method, params
+
+
+def test_exported_pair_gives_the_spread_of_its_networks(runs, tmp_path):
+    folder = cj_export.write(*cj_export.build(runs["consensus"]), tmp_path / "pair")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format_version"] == 3 and manifest["outputs"] == ["denoised", "spread"]
+    model = artifact.Model.load(folder)
+    assert model.has_uncertainty
+    rng = np.random.default_rng(3)
+    x1, x2 = (rng.normal(0, 300, (2, 45, 38)).astype(np.float32) for _ in range(2))
+    z, spread = model.denoise_with_uncertainty(x1, x2)
+    np.testing.assert_array_equal(z, model.denoise(x1, x2))
+    np.testing.assert_array_equal(spread, model.uncertainty(x1, x2))
+    # Against each network run alone in the training code: |f1(x1) - f2(x2)| / 2, in HU.
+    method, params, _, _ = evaluation.load_run(runs["consensus"])
+    y1 = np.asarray(method.apply_whole(params["net1"], jnp.asarray(x1[..., None] / 1000)))
+    y2 = np.asarray(method.apply_whole(params["net2"], jnp.asarray(x2[..., None] / 1000)))
+    np.testing.assert_allclose(spread, np.abs(y1 - y2)[..., 0] / 2 * 1000, atol=1e-3)
+    np.testing.assert_allclose(z, (y1 + y2)[..., 0] / 2 * 1000, atol=1e-3)
+
+
+def test_models_without_a_spread_and_older_versions(runs, tmp_path):
+    folder = cj_export.write(*cj_export.build(runs["noise2noise"]), tmp_path / "single")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["outputs"] == ["denoised"]
+    single = artifact.Model.load(folder)
+    x = np.zeros((1, 32, 32), np.float32)
+    with pytest.raises(ValueError, match=r"\(noise2noise\) has no uncertainty map"):
+        single.uncertainty(x)
+    # A version 2 folder (no "outputs"; its function returns the denoised image) still loads.
+    old = {k: v for k, v in manifest.items() if k != "outputs"}
+    (folder / "manifest.json").write_text(json.dumps({**old, "format_version": 2}))
+    older = artifact.Model.load(folder)
+    assert older.outputs == ["denoised"] and not older.has_uncertainty
+    np.testing.assert_array_equal(older.denoise(x + 5), single.denoise(x + 5))
+    with pytest.raises(ValueError, match="exported before version 3"):
+        older.uncertainty(x)
+    # A manifest that claims a spread the function does not return is refused by name.
+    (folder / "manifest.json").write_text(json.dumps(
+        {**manifest, "outputs": ["denoised", "spread"]}))
+    with pytest.raises(ValueError, match="returns 1 arrays, the manifest lists"):
+        artifact.Model.load(folder)
+    (folder / "manifest.json").write_text(json.dumps({**old, "format_version": 3}))
+    with pytest.raises(ValueError, match="outputs None"):
+        artifact.Model.load(folder)
+
+
+def test_denoise_uncertainty_numpy_pair_writes_a_second_recorded_file(runs, tmp_path, capsys):
+    from consensus_jax import denoise, outputs
+
+    rng = np.random.default_rng(4)
+    x1, x2 = (rng.normal(0, 200, (3, 40, 36)).astype(np.float32) for _ in range(2))
+    np.savez(tmp_path / "halves.npz", x1=x1, x2=x2)
+    out = tmp_path / "pair_dn.npy"
+    args = ["denoise", f"--model={runs['consensus']}", f"--input={tmp_path / 'halves.npz'}",
+            f"--output={out}", "--uncertainty"]
+    assert denoise.main(args) == 0
+    spread_path = tmp_path / "pair_dn_uncertainty.npy"
+    assert str(spread_path) in capsys.readouterr().out
+    pair = cj_export.load(runs["consensus"])
+    np.testing.assert_allclose(np.load(out), pair.denoise(x1, x2), atol=1e-4)
+    np.testing.assert_allclose(np.load(spread_path), pair.uncertainty(x1, x2), atol=1e-4)
+    assert np.all(np.load(spread_path) >= 0)
+    for path in (out, spread_path):  # each recorded as this command's output
+        assert outputs.why_not_replaceable(path, denoise.COMMAND) is None
+    assert denoise.main(args) == 5  # both exist: --overwrite needed
+    assert denoise.main([*args, "--overwrite"]) == 0
+    # A spread file the command did not write is refused before any work, whatever the flags.
+    out.unlink()
+    spread_path.unlink()
+    spread_path.write_bytes(b"someone else's")
+    assert denoise.main([*args, "--overwrite"]) == 5
+    assert "the spread's output" in capsys.readouterr().err
+    assert not out.exists() and spread_path.read_bytes() == b"someone else's"
+
+
+def test_uncertainty_of_a_single_network_is_a_usage_error(runs, tmp_path, capsys):
+    from consensus_jax import denoise
+
+    np.save(tmp_path / "stack.npy", np.random.default_rng(5).normal(0, 200, (2, 32, 32))
+            .astype(np.float32))
+    args = ["denoise", f"--model={runs['noise2noise']}", f"--input={tmp_path / 'stack.npy'}",
+            f"--output={tmp_path / 'dn.npy'}", "--uncertainty"]
+    assert denoise.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--uncertainty" in err and "(noise2noise)" in err
+    assert not list(tmp_path.glob("dn*"))
+
+
+def test_uncertainty_dicom_series_and_nifti_beside_the_output(runs, tmp_path):
+    import pydicom
+
+    from consensus_jax import denoise
+    from consensus_jax.ct import io as ct_io
+
+    model, method, params = _one_image_pair(runs)
+    source = dicom_series(tmp_path / "in")
+    out = denoise.denoise_path(model, source, tmp_path / "out", uncertainty=True)
+    spread_dir = tmp_path / "out_uncertainty"
+    hu = ct_io.read_dicom_series(source).hu
+    expected = model.uncertainty(hu)
+    # The pair on one image, by hand: |f1(x) - f2(x)| / 2 in HU.
+    x = jnp.asarray(hu[..., None] / 1000)
+    by_hand = np.abs(np.asarray(method.apply_whole(params["net1"], x))
+                     - np.asarray(method.apply_whole(params["net2"], x)))[..., 0] / 2 * 1000
+    np.testing.assert_allclose(expected, by_hand, atol=1e-3)
+    main = [pydicom.dcmread(out / p.name) for p in sorted(source.iterdir())]
+    spread = [pydicom.dcmread(spread_dir / p.name) for p in sorted(source.iterdir())]
+    assert len({str(d.SeriesInstanceUID) for d in spread}) == 1
+    assert spread[0].SeriesInstanceUID not in (main[0].SeriesInstanceUID,
+                                               pydicom.dcmread(source / "slice0.dcm")
+                                               .SeriesInstanceUID)
+    for a, b in zip(spread, main, strict=True):
+        assert "consensus spread" in str(a.SeriesDescription)
+        for tag in ("StudyInstanceUID", "PixelSpacing", "ImagePositionPatient",
+                    "ImageOrientationPatient", "SliceThickness", "Rows", "Columns"):
+            assert a.get(tag) == b.get(tag), tag
+        assert a.SOPInstanceUID != b.SOPInstanceUID
+    slope = float(spread[0].RescaleSlope)
+    assert np.abs(ct_io.read_dicom_series(spread_dir).hu - expected).max() <= 0.5 * slope + 1e-3
+    assert np.abs(ct_io.read_dicom_series(out).hu - model.denoise(hu)).max() <= 0.5 * slope + 1e-3
+    nib = pytest.importorskip("nibabel")
+    volume = np.moveaxis(hu, 0, 2)
+    nib.save(nib.Nifti1Image(volume, np.diag([0.66, 0.66, 2.5, 1.0])), tmp_path / "v.nii.gz")
+    out = denoise.denoise_path(model, tmp_path / "v.nii.gz", tmp_path / "v_dn.nii.gz",
+                               uncertainty=True)
+    stored = nib.load(tmp_path / "v_dn_uncertainty.nii.gz")
+    np.testing.assert_allclose(stored.affine, nib.load(out).affine)
+    np.testing.assert_allclose(np.asarray(stored.dataobj), np.moveaxis(expected, 0, 2), atol=1e-3)
+
+
+@pytest.mark.parametrize("modality", ["ct", "mri"])
+def test_exported_noise2noise_gives_the_evaluated_images(modality, tmp_path):
+    """Noise2noise is evaluated on x1 (its export_inputs); the exported model, fed the same
+    test slices, gives the same images as evaluate's column."""
+    from configs import mri_tiny
+
+    config = (tiny if modality == "ct" else mri_tiny).get_config()
+    config.data.name = "synthetic"
+    config.loss.kind = "noise2noise"
+    config.loss.beta_r = 0.0
+    config.train.num_steps = 2
+    config.train.eval_every_steps = 0
+    config.train.checkpoint_every_steps = 2
+    config.train.tensorboard = config.train.progress = False
+    experiment.fit(config, tmp_path / "run")
+    method, params, _, _ = evaluation.load_run(tmp_path / "run", "latest")
+    from consensus_jax import input_pipeline
+
+    images = input_pipeline.load_split(config.data, config.data.test_split, modality)
+    evaluated = evaluation.predict(method, params, images)["Noise2noise"]
+    folder = cj_export.write(*cj_export.build(tmp_path / "run", "latest"), tmp_path / "model")
+    model = artifact.Model.load(folder)
+    assert model.inputs == ["x1"]
+    scale = 1000.0 if modality == "ct" else 1.0
+    exported = model.denoise(images["x1"] * scale) / scale
+    assert exported.shape == evaluated.shape == images["x1"].shape
+    np.testing.assert_allclose(exported, evaluated, rtol=1e-5, atol=1e-6)
+    # Fed the other half it would differ: the check can tell the inputs apart.
+    assert not np.allclose(model.denoise(images["x2"] * scale) / scale, evaluated, atol=1e-3)

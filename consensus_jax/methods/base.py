@@ -13,6 +13,8 @@ A scheme is a frozen dataclass subclassing ``Method`` and registered under its `
   (``"loss"``) and the denoised images;
 * ``predict(params, images)``: the table columns it fills (``columns``), from whole slices;
 * ``export_inputs`` and ``denoise(params, *images)``: what an exported model takes and does;
+* ``spread``: ``spread(params, *images)``, the per-pixel disagreement of its networks on
+  ``export_inputs`` (``consensus_jax.uncertainty``), or None for a scheme with one network;
 * ``prepare(config, load_run)``: data it adds before training (the distillation teacher).
 
 Training (``experiment``), evaluation, ``runs``, export and denoise ask the method; none of them
@@ -157,6 +159,19 @@ class Method:
     def denoise(self, params: dict[str, Any], *images: Array) -> Array:
         """The denoised image from ``export_inputs`` ([B, H, W, C] each, any size)."""
         raise NotImplementedError
+
+    #: ``spread(params, *images) -> [B, H, W, C]``: the per-pixel spread of the scheme's
+    #: networks on ``export_inputs`` (an uncertainty map free at inference), or None when the
+    #: scheme has no such map (one network). Schemes with one override it with a method.
+    spread: ClassVar[Callable[..., Array] | None] = None
+
+    def denoise_and_spread(self, params: dict[str, Any], *images: Array) -> tuple[Array, Array]:
+        """(``denoise``, ``spread``) of the same ``export_inputs``; a scheme overrides it to run
+        its networks once for both."""
+        if self.spread is None:
+            raise ConfigError(f"loss.kind={self.kind!r} has one network, so no spread of "
+                              "networks to give as an uncertainty map.")
+        return self.denoise(params, *images), self.spread(params, *images)
 
     def describe_inputs(self, modality: str) -> str:
         """What ``export_inputs`` are, in words, for an exported model's manifest."""

@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
-
-from consensus_jax import losses
+from consensus_jax import losses, uncertainty
 from consensus_jax.methods.base import (
     Array,
     Batch,
@@ -79,11 +77,15 @@ class Consensus(Method):
         return losses.consensus_mean(self.outputs(params, dict(zip(self.splits, images,
                                                                     strict=True))))
 
-    def spread(self, params: dict[str, Any], *images: Array) -> Array:
-        """The networks' disagreement per pixel, an uncertainty map free at inference: the
-        standard deviation of f_1(x_1), ..., f_K(x_K) (|f1 - f2| / 2 for the pair)."""
-        ys = jnp.stack(self.outputs(params, dict(zip(self.splits, images, strict=True))))
-        return jnp.std(ys, axis=0)
+    def spread(self, params: dict[str, Any], *images: Array) -> Array:  # type: ignore[override]
+        """The networks' disagreement per pixel [B, H, W, C], an uncertainty map free at
+        inference: the standard deviation over k of f_k(x_k) (``uncertainty.network_spread``;
+        ``|f1 - f2| / 2`` for the pair)."""
+        return self.denoise_and_spread(params, *images)[1]
+
+    def denoise_and_spread(self, params: dict[str, Any], *images: Array) -> tuple[Array, Array]:
+        ys = self.outputs(params, dict(zip(self.splits, images, strict=True)))
+        return losses.consensus_mean(ys), uncertainty.network_spread(ys)
 
     def describe_inputs(self, modality: str) -> str:
         if self.num_splits == 2:
