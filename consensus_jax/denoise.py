@@ -4,6 +4,18 @@
 
 Inputs, by what ``--input`` is:
 
+* a folder of DICOM-CT-PD raw projections (one quarter-dose helical series, e.g.
+  ``.../quarter_DICOM-CT-PD``): each slice is rebinned and reconstructed exactly as data
+  preparation made the training data (``consensus_jax.ct.projection_input``: x1 and x2 from the
+  odd and even views, x_est from all), on the grid the model was trained on, and the model's
+  inputs are run; the result is a new DICOM image series (CT Image Storage, one file per slice,
+  int16 with RescaleIntercept -1024 and RescaleSlope 1, so HU = stored - 1024) in the
+  ``--output`` folder, with ImagePositionPatient / SliceLocation at the slice's table position,
+  PixelSpacing of the reconstruction and the projection files' patient and study. Slices: by
+  default every ``--slice_spacing_mm`` (1 mm, the thin-slice spacing of the LDCT data set's
+  image series) at table positions k * spacing over the whole range the scan covers at every
+  angle; ``--num_slices`` spreads that many evenly over the range instead, and
+  ``--slice_positions_mm`` names positions (mm);
 * a folder of DICOM files (one CT series): a new series is written to the ``--output`` folder,
   with new SeriesInstanceUID and SOPInstanceUIDs, the same study, patient and geometry tags,
   "denoised" appended to SeriesDescription and the pixels stored as the input stored them
@@ -111,18 +123,22 @@ def check_values(manifest: dict[str, Any], images: np.ndarray, source: str, allo
 
 
 def input_kind(source: Path) -> str:
-    """"dicom" (a folder), "nifti", "npy" (.npy or .npz) or "fastmri"."""
+    """"projections" (a DICOM-CT-PD folder), "dicom" (another folder), "nifti", "npy" (.npy or
+    .npz) or "fastmri"."""
     name = source.name.lower()
     if source.is_dir():
-        return "dicom"
+        from consensus_jax.ct import ctpd  # noqa: PLC0415
+
+        return "projections" if ctpd.is_projection_series(source) else "dicom"
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
     if name.endswith((".npy", ".npz")):
         return "npy"
     if name.endswith((".h5", ".hdf5")):
         return "fastmri"
-    raise InputError(f"--input {source}: unknown format; pass a DICOM series folder, a .nii / "
-                     ".nii.gz file, a .npy stack, an .npz with x1 and x2, or a fastMRI .h5.")
+    raise InputError(f"--input {source}: unknown format; pass a DICOM series folder, a "
+                     "DICOM-CT-PD projection series folder, a .nii / .nii.gz file, a .npy "
+                     "stack, an .npz with x1 and x2, or a fastMRI .h5.")
 
 
 def check_paths(source: str | Path, output: str | Path, overwrite: bool,
@@ -235,6 +251,157 @@ def _write_dicom_series(files: list[Path] | list[str], folder: Path, output: Pat
             target = tmp / Path(path).relative_to(folder)
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
+
+
+def slice_positions(scan, spacing_mm: float = 1.0, num_slices: int | None = None,
+                    positions_mm: list[float] | None = None, source: str = "") -> np.ndarray:
+    """Table positions (mm) to reconstruct from a helical scan (module docstring): the given
+    ``positions_mm``, else ``num_slices`` evenly over the covered range, else every
+    ``spacing_mm`` at k * spacing_mm inside it. [S] float64, increasing."""
+    from consensus_jax.ct import projection_input, rebin  # noqa: PLC0415
+
+    if positions_mm:
+        z = np.unique(np.asarray(positions_mm, np.float64))
+        projection_input.check_positions(scan, z, source)
+        return z
+    if num_slices is not None:
+        if num_slices < 1:
+            raise ConfigError(f"--num_slices={num_slices}: at least 1.")
+        lo, hi = rebin.slice_range_mm(scan)
+        return (np.asarray([(lo + hi) / 2]) if num_slices == 1
+                else np.linspace(lo, hi, num_slices))
+    try:
+        k = projection_input.slice_grid(scan, spacing_mm)
+    except ValueError as err:
+        raise ConfigError(f"--slice_spacing_mm: {err}") from None
+    if k.size == 0:
+        raise InputError(f"{source}: the scan covers no position k * {spacing_mm} mm; pass "
+                         "--num_slices or --slice_positions_mm.")
+    return k * float(spacing_mm)
+
+
+def _trained_grid(model: artifact.Model, what: str, size_px: int | None,
+                  pixel_size_mm: float | None):
+    from consensus_jax.ct.geometry import ImageGrid  # noqa: PLC0415
+
+    image = model.manifest.get("trained_for", {}).get("geometry", {}).get("image", {})
+    size_px = size_px or image.get("size_px")
+    pixel_size_mm = pixel_size_mm or image.get("pixel_size_mm")
+    if not (size_px and pixel_size_mm):
+        raise InputError(f"{what}: the model's manifest does not record the reconstruction "
+                         "grid it was trained on; pass --recon_size_px and "
+                         "--recon_pixel_size_mm.")
+    return ImageGrid(int(size_px), float(pixel_size_mm))
+
+
+#: The stored values of a reconstructed series: HU = stored * 1 - 1024, int16.
+_RESCALE_INTERCEPT_HU = -1024.0
+
+
+def denoise_projections(model: artifact.Model, folder: Path, output: Path, batch_size: int = 8,
+                        slice_spacing_mm: float = 1.0, num_slices: int | None = None,
+                        slice_positions_mm: list[float] | None = None,
+                        recon_size_px: int | None = None,
+                        recon_pixel_size_mm: float | None = None, uncertainty: bool = False,
+                        **_: Any) -> Path:
+    """A DICOM image series in ``output`` from a quarter-dose DICOM-CT-PD series (module
+    docstring): the model's inputs (x1, x2 for the pair; x_est or x1 for one network) are
+    reconstructed from the projections, as data preparation does. With ``uncertainty``, a second
+    series at ``uncertainty_path(output)`` holds the networks' spread (HU)."""
+    import pydicom  # noqa: PLC0415
+
+    from consensus_jax.ct import ctpd, projection_input  # noqa: PLC0415
+
+    what = f"{folder} (DICOM-CT-PD projections)"
+    _require_modality(model, "ct", what)
+    cannot = [k for k in model.inputs if k not in projection_input.QUARTER_DOSE_KEYS]
+    if cannot:
+        raise InputError(
+            f"{what}: this model ({model.manifest['kind']}) takes {', '.join(model.inputs)}, "
+            f"but a quarter-dose projection series gives only "
+            f"{', '.join(projection_input.QUARTER_DOSE_KEYS)} (the odd/even-view and all-view "
+            f"FBPs); it cannot make {', '.join(cannot)}. Use a model trained on those images "
+            "(the consensus pair on x1, x2, or one network on x_est).")
+    grid = _trained_grid(model, what, recon_size_px, recon_pixel_size_mm)
+    index = ctpd.index_series(folder)
+    z_mm = slice_positions(index.scan, slice_spacing_mm, num_slices, slice_positions_mm, what)
+    images: dict[str, list[np.ndarray]] = {k: [] for k in model.inputs}
+    made = projection_input.reconstruct_slices(index, z_mm, grid, keys=model.inputs)
+    for slice_images in tqdm(made, total=len(z_mm), unit="slice", desc="reconstruct"):
+        for k in model.inputs:
+            images[k].append(slice_images[k])
+    denoised, spread = _run(model, [np.stack(images[k]) for k in model.inputs], batch_size,
+                            uncertainty)
+    first = pydicom.dcmread(index.files[0], stop_before_pixels=True)
+    step, kind = model.manifest["checkpoint"]["step"], model.manifest["kind"]
+    recon = f"Hann FBP of single-slice-rebinned projections ({', '.join(model.inputs)})"
+    _write_reconstructed_series(output, first, index.scan, grid, z_mm, denoised, "denoised",
+                                f"{recon}, denoised by consensus-jax ({kind}, step {step})")
+    if spread is not None:
+        _write_reconstructed_series(
+            uncertainty_path(output), first, index.scan, grid, z_mm, spread,
+            "consensus spread (HU)", f"{recon}, spread of the networks (consensus uncertainty) "
+            f"by consensus-jax ({kind}, step {step})")
+    return output
+
+
+def _write_reconstructed_series(output: Path, first: Any, scan: Any, grid: Any, z_mm: list[float],
+                                hu: np.ndarray, description: str, derivation: str) -> None:
+    """A new CT image series at ``output`` of the slices ``hu`` [S, H, W] (HU) reconstructed at
+    table positions ``z_mm`` on ``grid``, with the patient and study tags of the projection file
+    ``first``."""
+    import pydicom  # noqa: PLC0415
+    from pydicom.dataset import FileMetaDataset  # noqa: PLC0415
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: PLC0415
+
+    # Nominal thickness of a single-slice rebinning: one detector row at the isocentre.
+    thickness = scan.row_spacing_mm * scan.source_to_isocenter_mm / scan.source_to_detector_mm
+    corner = -(grid.size_px - 1) / 2.0 * grid.pixel_size_mm  # first pixel centre, x and y
+    with outputs.write_output(output, COMMAND, folder=True) as tmp:
+        series_uid, frame_uid = generate_uid(), generate_uid()
+        for i, (z, image) in enumerate(zip(z_mm, hu, strict=True)):
+            ds = pydicom.Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID = CTImageStorage
+            for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                        "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
+                        "AccessionNumber", "ReferringPhysicianName", "Manufacturer",
+                        "KVP"):
+                if tag in first:
+                    setattr(ds, tag, first.get(tag))
+            if "StudyInstanceUID" not in ds:
+                ds.StudyInstanceUID = generate_uid()
+            ds.Modality = "CT"
+            ds.SeriesInstanceUID = series_uid
+            ds.FrameOfReferenceUID = frame_uid
+            ds.SeriesNumber = 1
+            ds.InstanceNumber = i + 1
+            # LO: at most 64 characters; the description's end is what tells the series apart.
+            ds.SeriesDescription = (f"{first.get('SeriesDescription', 'projections')} "
+                                    f"reconstructed, {description}").strip()[-64:]
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+            ds.DerivationDescription = derivation
+            # The project's frame has y up (anterior); DICOM's patient frame has y posterior.
+            ds.ImagePositionPatient = [corner, corner, float(z)]
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.SliceLocation = float(z)
+            ds.PixelSpacing = [grid.pixel_size_mm, grid.pixel_size_mm]
+            ds.SliceThickness = round(float(thickness), 4)
+            ds.Rows = ds.Columns = grid.size_px
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+            ds.PixelRepresentation = 1
+            ds.RescaleSlope, ds.RescaleIntercept = 1, _RESCALE_INTERCEPT_HU
+            ds.RescaleType = "HU"
+            stored = np.clip(np.round(image.astype(np.float64) - _RESCALE_INTERCEPT_HU),
+                             -32768, 32767).astype("<i2")
+            ds.PixelData = stored.tobytes()
+            ds.save_as(tmp / f"{i + 1:06d}.dcm", enforce_file_format=True)
 
 
 def denoise_nifti(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
@@ -428,8 +595,9 @@ def _require_single_image(model: artifact.Model, what: str) -> None:
 def denoise_path(model: artifact.Model, source: str | Path, output: str | Path,
                  overwrite: bool = False, model_path: str | Path | None = None,
                  uncertainty: bool = False, **options: Any) -> Path:
-    """Denoises ``source`` (DICOM folder, NIfTI, .npy, .npz, fastMRI .h5) into ``output``; with
-    ``uncertainty`` also writes the networks' spread at ``uncertainty_path(output)``.
+    """Denoises ``source`` (DICOM folder, DICOM-CT-PD projection folder, NIfTI, .npy, .npz,
+    fastMRI .h5) into ``output``; with ``uncertainty`` also writes the networks' spread at
+    ``uncertainty_path(output)``.
 
     ``output`` (and the spread's) must not exist, or be an unchanged earlier output of this
     command and ``overwrite`` be set; it must lie apart from ``source`` and ``model_path``
@@ -437,9 +605,19 @@ def denoise_path(model: artifact.Model, source: str | Path, output: str | Path,
     if uncertainty:
         require_uncertainty(model)
     source, output, kind = check_paths(source, output, overwrite, model_path, uncertainty)
-    denoise = {"dicom": denoise_dicom_series, "nifti": denoise_nifti, "npy": denoise_numpy,
-               "fastmri": denoise_fastmri}[kind]
+    denoise = {"dicom": denoise_dicom_series, "projections": denoise_projections,
+               "nifti": denoise_nifti, "npy": denoise_numpy, "fastmri": denoise_fastmri}[kind]
     return denoise(model, source, output, uncertainty=uncertainty, **options)
+
+
+def _floats(values: list[str] | None) -> list[float] | None:
+    if not values:
+        return None
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise ConfigError(f"--slice_positions_mm={','.join(values)}: table positions in mm "
+                          "separated by commas, e.g. 110,112.5.") from None
 
 
 @errors.boundary
@@ -449,8 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     fv = flags.FlagValues()
     flags.DEFINE_string("model", None, "An exported model folder or a training workdir.",
                         flag_values=fv)
-    flags.DEFINE_string("input", None, "DICOM series folder, .nii/.nii.gz, .npy or .npz.",
-                        flag_values=fv)
+    flags.DEFINE_string("input", None, "DICOM series folder, DICOM-CT-PD projection series "
+                        "folder, .nii/.nii.gz, .npy, .npz or fastMRI .h5.", flag_values=fv)
     flags.DEFINE_string("output", None, "Where to write the result (same kind as the input).",
                         flag_values=fv)
     flags.DEFINE_string("checkpoint", "best", "For a workdir: best, latest or a step.",
@@ -467,6 +645,17 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_bool("uncertainty", False, "Also write the spread of the model's networks (an "
                       "uncertainty map; consensus models) beside the output, named "
                       "<output>_uncertainty.", flag_values=fv)
+    flags.DEFINE_float("slice_spacing_mm", 1.0, "Projection input: reconstruct every this many "
+                       "mm (positions k * spacing) over the range the scan covers.",
+                       flag_values=fv)
+    flags.DEFINE_integer("num_slices", None, "Projection input: that many slices spread evenly "
+                         "over the covered range instead.", flag_values=fv)
+    flags.DEFINE_list("slice_positions_mm", None, "Projection input: these table positions "
+                      "(mm) instead.", flag_values=fv)
+    flags.DEFINE_integer("recon_size_px", None, "Projection input: reconstruction grid size "
+                         "(default: the model's training data's).", flag_values=fv)
+    flags.DEFINE_float("recon_pixel_size_mm", None, "Projection input: reconstruction pixel size "
+                       "(default: the model's training data's).", flag_values=fv)
     errors.define_verbose_flag(fv)
     errors.parse_flags(fv, argv or sys.argv)
     if not (fv.model and fv.input and fv.output):
@@ -481,7 +670,11 @@ def main(argv: list[str] | None = None) -> int:
     out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite, model_path=fv.model,
                        batch_size=fv.batch_size, allow_other_spacing=fv.allow_other_spacing,
                        allow_unusual_values=fv.allow_unusual_values, seed=fv.seed,
-                       uncertainty=fv.uncertainty)
+                       uncertainty=fv.uncertainty,
+                       slice_spacing_mm=fv.slice_spacing_mm, num_slices=fv.num_slices,
+                       slice_positions_mm=_floats(fv.slice_positions_mm),
+                       recon_size_px=fv.recon_size_px,
+                       recon_pixel_size_mm=fv.recon_pixel_size_mm)
     print(f"Denoised {fv.input} with {model!r} -> {out}")
     if fv.uncertainty:
         print(f"Spread of the networks -> {uncertainty_path(out)}")

@@ -66,12 +66,18 @@ class Result:
 
 def score(modality: str, outputs: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray],
           batch_size: int = 16) -> list[Result]:
-    """Metrics of every output against every available reference."""
+    """Metrics of every output against every available reference; a reference identical to an
+    earlier one (measured data, which have no noiseless image, store the full-dose image there
+    too) is scored once, under the earlier one's name."""
     results = []
+    scored: list[np.ndarray] = []
     for feature, label in REFERENCES[modality]:
         if feature not in images:
             continue
         ref = images[feature]
+        if any(np.array_equal(ref, earlier) for earlier in scored):
+            continue
+        scored.append(ref)
         for name, out in outputs.items():
             per: dict[str, list[np.ndarray]] = {}
             for start in range(0, ref.shape[0], batch_size):
@@ -275,7 +281,10 @@ def load_extra_baselines(data_cfg: ml_collections.ConfigDict, split: str,
         return {}
     path = input_pipeline.dataset_dir(data_cfg) / f"baselines_{split}.npz"
     if not path.exists():
-        if not note_missing:
+        metadata = path.parent / "metadata.json"
+        measured = metadata.exists() and json.loads(metadata.read_text()).get(
+            "source") == "projections"  # raw projections: no TV baseline can be made
+        if not note_missing or measured:
             return {}
         print(f"Note: {path} not found; baselines that need raw data (TV) are left out. "
               f"Create them with `python -m data_prep.{data_cfg.name.split('_')[0]} "

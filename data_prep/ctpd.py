@@ -2,6 +2,8 @@
 
   python -m data_prep.ctpd --out=/tmp/ctpd_tiny --preset=tiny
   python -m data_prep.ctpd --out=/tmp/ctpd_abdomen --preset=quick --phantom=abdomen --seed=3
+  python -m data_prep.ctpd --out=/tmp/ctpd_patients --preset=small --phantom=abdomen \
+      --num_patients=11       # virtual-0000 ... virtual-0010, for data_prep.ct --config=projections
 
 A 3-D phantom is scanned on a helical trajectory with the geometry of the LDCT data set's scanner
 (595 mm source-isocentre, 1085.6 mm source-detector, cylindrical detector; fewer channels, rows and
@@ -239,6 +241,7 @@ class ScanPreset:
 
 PRESETS = {
     "tiny": ScanPreset(num_channels=48, num_rows=8, views_per_rotation=64, num_rotations=2.5),
+    "small": ScanPreset(num_channels=96, num_rows=16, views_per_rotation=288, num_rotations=3.0),
     "quick": ScanPreset(num_channels=184, num_rows=16, views_per_rotation=576, num_rotations=3.0),
     "full": ScanPreset(num_channels=736, num_rows=64, views_per_rotation=2304, num_rotations=3.0),
 }
@@ -541,7 +544,7 @@ def _abdomen(scan: HelicalScan, seed: int) -> tuple[Callable[[np.ndarray], np.nd
 
 
 def write_fixture(out: str | Path, preset: str = "tiny", phantom: str = "ellipsoids",
-                  seed: int = 0) -> Path:
+                  seed: int = 0, photons_per_ray: float | None = None) -> Path:
     """Scans a phantom and writes the full- and quarter-dose series under ``out`` (see the
     module docstring), ``_VIEW_CHUNK`` views at a time (memory stays that of one chunk).
     Raises OutputExistsError when ``out`` exists."""
@@ -558,6 +561,11 @@ def write_fixture(out: str | Path, preset: str = "tiny", phantom: str = "ellipso
     if phantom not in ("ellipsoids", "abdomen"):
         raise ConfigError(f"--phantom={phantom!r}: choose 'ellipsoids' or 'abdomen'.")
     settings = PRESETS[preset]
+    if photons_per_ray is not None:
+        if not (math.isfinite(photons_per_ray) and photons_per_ray > 0):
+            raise ConfigError(f"--photons_per_ray={photons_per_ray!r}: a positive number of "
+                              "full-dose photons per ray, e.g. 2e5.")
+        settings = dataclasses.replace(settings, photons_per_ray=float(photons_per_ray))
     if phantom == "ellipsoids":
         scan = helical_scan(settings, 0.0)
         shapes = ellipsoid_phantom()
@@ -609,16 +617,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="new folder to write (must not exist)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                         help="scan size: tiny (48 channels, 8 rows, 64 views per rotation), "
-                             "quick (184, 16, 576) or full (736, 64, 2304, the data set's)")
+                             "small (96, 16, 288), quick (184, 16, 576) or full (736, 64, "
+                             "2304, the data set's)")
     parser.add_argument("--phantom", default="ellipsoids", choices=("ellipsoids", "abdomen"),
                         help="analytic ellipsoids (exact line integrals) or a virtual abdomen")
     parser.add_argument("--seed", type=int, default=0,
                         help="noise seed, and the virtual patient of --phantom=abdomen")
+    parser.add_argument("--photons_per_ray", type=float, default=None,
+                        help="full-dose photons per ray (default: the preset's, 2e5)")
+    parser.add_argument("--num_patients", type=int, default=None,
+                        help="write this many patients into --out, one folder each "
+                             "(virtual-<seed>, seeds --seed, --seed + 1, ...: the layout "
+                             "python -m data_prep.ct --config=projections reads)")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     errors.set_verbose(args.verbose)
-    path = write_fixture(args.out, args.preset, args.phantom, args.seed)
-    print(f"Wrote {path}/{FULL_DOSE_FOLDER} and {path}/{QUARTER_DOSE_FOLDER}.")
+    if args.num_patients is None:
+        path = write_fixture(args.out, args.preset, args.phantom, args.seed,
+                             args.photons_per_ray)
+        print(f"Wrote {path}/{FULL_DOSE_FOLDER} and {path}/{QUARTER_DOSE_FOLDER}.")
+        return 0
+    if args.num_patients < 1:
+        raise ConfigError(f"--num_patients={args.num_patients}: at least 1.")
+    root = Path(args.out)
+    if root.exists() and any(root.iterdir()):
+        raise OutputExistsError(f"--out {root} exists and is not empty; choose a new folder.")
+    for i in range(args.num_patients):
+        seed = args.seed + i
+        write_fixture(root / f"virtual-{seed:04d}", args.preset, args.phantom, seed,
+                      args.photons_per_ray)
+    print(f"Wrote {args.num_patients} patients into {root}.")
     return 0
 
 

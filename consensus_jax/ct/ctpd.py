@@ -269,6 +269,23 @@ def _has_dicom_marker(path: Path) -> bool:
         return False
 
 
+def is_projection_series(folder: str | Path) -> bool:
+    """Whether the first DICOM file of ``folder`` carries the DICOM-CT-PD private tags (reads
+    one header; files that are not DICOM are skipped; a damaged one gives False, leaving it to
+    the reader that is used next to name it)."""
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            continue
+        except Exception:  # noqa: BLE001 - a damaged file: the series reader names it
+            return False
+        return FOCAL_ANGLE[0] in ds
+    return False
+
+
 def _list_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     if not folder.is_dir():
         raise MissingInputError(f"DICOM-CT-PD series folder {folder} does not exist or is not a "

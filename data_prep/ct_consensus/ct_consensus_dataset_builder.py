@@ -11,14 +11,25 @@ Sources (``CtConfig.source``):
     full-dose images of the LDCT Grand Challenge / TCIA LDCT-and-Projection-data).
   * ``numpy``: ``--manual_dir`` holds one .npy/.npz stack in HU per patient. Its pixel size
     is the .npz's scalar array ``pixel_size_mm``, else ``--config.numpy_pixel_size_mm``.
-The scan is simulated from the source images (Poisson full dose, binomial thinning to the low
-dose), with the geometry and photon counts in the dataset metadata (metadata.json).
+  * ``projections``: measured raw data, the paper's own CT data: ``--manual_dir`` holds one
+    folder per patient with its full- and quarter-dose DICOM-CT-PD projection series (the LDCT
+    data set's layout, ``<patient>/full_DICOM-CT-PD/`` and ``<patient>/quarter_DICOM-CT-PD/``,
+    or any folders below the patient's that the ``full_dose_glob`` / ``quarter_dose_glob``
+    patterns pick out). Each chosen slice is rebinned from the helical views and reconstructed
+    (``consensus_jax.ct.projection_input``); nothing is simulated.
+For the other sources the scan is simulated from the source images (Poisson full dose, binomial
+thinning to the low dose), with the geometry and photon counts in the dataset metadata
+(metadata.json). Measured projections have no noiseless image: there x_clean and x_true hold the
+full-dose FBP (x_full), and evaluation scores against it once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import functools
 import math
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from consensus_jax import features
+from consensus_jax.ct import ctpd
 from consensus_jax.ct import geometry as ct_geometry
 from consensus_jax.ct import io as ct_io
 from consensus_jax.ct import split as ct_split
@@ -41,7 +53,10 @@ slice_key = splits.slice_key  # a slice's random key, also used by data_prep and
 #: 27.6 HU over the image, the paper's FBP row (the sweeps: docs/EXPERIMENTS.md). The dicom and
 #: numpy presets use the paper's value.
 CALIBRATED_PHOTONS = {"tiny": 1.3e4, "quick": 2.5e4, "paper": 5.0e4}
-SOURCES = ("phantom", "dicom", "numpy")
+SOURCES = ("phantom", "dicom", "numpy", "projections")
+#: Fields that only the projections source reads (recorded in its metadata only).
+PROJECTION_FIELDS = ("full_dose_glob", "quarter_dose_glob", "slice_spacing_mm",
+                     "slice_positions_mm", "shuffle_patients", "ffs")
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,7 +64,7 @@ class CtConfig(tfds.core.BuilderConfig):
     """One dataset variant. Lengths in mm, angles in radians, images in HU on disk / 1000.
 
     Attributes:
-      source: "phantom", "dicom" or "numpy".
+      source: "phantom", "dicom", "numpy" or "projections".
       size_px: reconstruction grid side (square).
       pixel_size_mm: reconstruction pixel size; None: 380 mm / size_px (the phantom's FOV).
       geometry: "fan" (equiangular detector of the Grand Challenge scanner) or "parallel".
@@ -68,6 +83,18 @@ class CtConfig(tfds.core.BuilderConfig):
       seed: selects virtual patients, slices and every noise realisation.
       numpy_pixel_size_mm: pixel size (mm) of the numpy source's stacks that store none (a
         ``.npy``, or an ``.npz`` without a scalar array ``pixel_size_mm``); a stored one wins.
+      full_dose_glob, quarter_dose_glob: projections source: which folder below a patient's
+        holds each series, as glob patterns matched case-insensitively against the folder's
+        path relative to the patient folder; several patterns separated by "|".
+      slice_spacing_mm: projections source: slices lie at table positions k * spacing (mm), k
+        an integer (the slice index), inside the range the scan covers.
+      slice_positions_mm: projections source: comma-separated table positions (mm, on the
+        spacing's grid) used for every patient instead of ``slices_per_patient`` random ones.
+      shuffle_patients: projections source: assign patients to the splits in a seeded random
+        order (as the dicom and numpy sources do); False: in the sorted order of their folder
+        names (train first, then test, then validation).
+      ffs: projections source: flying-focal-spot handling of the rebinning
+        (``consensus_jax.ct.rebin``; "native": each focal spot its own source).
     """
 
     source: str = "phantom"
@@ -87,6 +114,12 @@ class CtConfig(tfds.core.BuilderConfig):
     slices_per_patient: int = 50
     seed: int = 0
     numpy_pixel_size_mm: float | None = None
+    full_dose_glob: str = "*full*"
+    quarter_dose_glob: str = "*quarter*|*low*dose*"
+    slice_spacing_mm: float = 1.0
+    slice_positions_mm: str = ""
+    shuffle_patients: bool = True
+    ffs: str = "native"
 
     @property
     def grid_pixel_size_mm(self) -> float:
@@ -141,6 +174,19 @@ class CtConfig(tfds.core.BuilderConfig):
             raise bad("electronic_noise_counts", "must be a number >= 0 (counts).")
         if self.seed < 0:
             raise bad("seed", "must be a whole number >= 0.")
+        if self.source == "projections":
+            from consensus_jax.ct import rebin as ct_rebin
+
+            if self.geometry != "fan":
+                raise bad("geometry", "must be 'fan' for raw projections (rebinned to fan beam).")
+            if not (finite(self.slice_spacing_mm) and self.slice_spacing_mm > 0):
+                raise bad("slice_spacing_mm", "must be a positive number of mm.")
+            if self.ffs not in ct_rebin.FFS_MODES:
+                raise bad("ffs", f"must be one of {', '.join(ct_rebin.FFS_MODES)}.")
+            for field in ("full_dose_glob", "quarter_dose_glob"):
+                if not getattr(self, field).strip(" |"):
+                    raise bad(field, "must be a glob pattern, e.g. '*full*'.")
+            positions_on_grid(self)
         splits.check_patient_counts(self.num_train_patients, self.num_test_patients,
                                     self.num_validation_patients)
         if self.extra_train_patients < 0:
@@ -148,14 +194,20 @@ class CtConfig(tfds.core.BuilderConfig):
 
     def metadata(self) -> dict[str, Any]:
         geom = self.scan_geometry()
+        measured = self.source == "projections"
         return {
             "modality": "ct", "units": "HU / 1000", "source": self.source,
             "geometry_kind": self.geometry,
             "geometry": {k: v for k, v in dataclasses.asdict(geom).items()
                          if k != "view_angles_rad"},
-            "photons_per_ray_full_dose": self.photons_per_ray,
+            **({"projections": {
+                "geometry": "each series' own, rebinned to a full-scan fan beam (the geometry "
+                            "above is the nominal scanner's; only its image grid applies)",
+                "references": "x_clean and x_true are the full-dose FBP",
+                **{k: getattr(self, k) for k in PROJECTION_FIELDS}}} if measured else {
+                "photons_per_ray_full_dose": self.photons_per_ray,
+                "electronic_noise_counts": self.electronic_noise_counts}),
             "dose_fraction": self.dose_fraction,
-            "electronic_noise_counts": self.electronic_noise_counts,
             "split": self.split, "seed": self.seed,
             "num_train_patients": self.num_train_patients,
             "num_test_patients": self.num_test_patients,
@@ -199,6 +251,25 @@ PRESETS = {
                      source="numpy", size_px=512, num_views=2304, num_train_patients=7,
                      num_validation_patients=1,
                      photons_per_ray=CALIBRATED_PHOTONS["paper"]),
+    "projections": _preset("projections", "Raw DICOM-CT-PD projections (--manual_dir: one folder "
+                           "per patient with its full- and quarter-dose series, e.g. TCIA's "
+                           "LDCT-and-Projection-data), rebinned and reconstructed at 512 px, "
+                           "0.742 mm; 50 random slices per patient on a 1 mm grid; 7 train, 2 "
+                           "test, 1 validation patients.", source="projections", size_px=512,
+                           num_train_patients=7, num_validation_patients=1),
+    "projections_quick": _preset("projections_quick", "The built-in projection fixture "
+                                 "(python -m data_prep.ctpd --phantom=abdomen, one folder per "
+                                 "virtual patient): 128 px at 3 mm, 8 random slices per patient, "
+                                 "patients in folder order (8 train, 2 test, 1 validation).",
+                                 source="projections", size_px=128, pixel_size_mm=3.0,
+                                 num_validation_patients=1, slices_per_patient=8,
+                                 shuffle_patients=False),
+    "projections_tiny": _preset("projections_tiny", "Tests: the tiny projection fixture, 64 px "
+                                "at 6 mm, 2+1(+1 validation) patients x 2 slices.",
+                                source="projections", size_px=64, pixel_size_mm=6.0,
+                                num_train_patients=2, num_test_patients=1,
+                                num_validation_patients=1, slices_per_patient=2,
+                                shuffle_patients=False),
 }
 
 
@@ -237,9 +308,13 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
         raise MissingInputError(
             f"The {config.source!r} config reads your data from --manual_dir, which is "
             f"{manual_dir!r}. Point it at a folder with " +
-            ("one sub-folder of DICOM files per patient." if config.source == "dicom"
-             else "one .npy/.npz file (HU) per patient."))
+            {"dicom": "one sub-folder of DICOM files per patient.",
+             "numpy": "one .npy/.npz file (HU) per patient.",
+             "projections": "one sub-folder per patient holding its full- and quarter-dose "
+                            "DICOM-CT-PD projection series."}[config.source])
     root = Path(manual_dir)
+    if config.source == "projections":
+        return _projection_patients(config, root, split_of, n_all)
     if config.source == "dicom":
         entries = sorted(p for p in root.iterdir() if p.is_dir())
     elif config.source == "numpy":
@@ -262,6 +337,129 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
         out.append(PatientSource(volume.patient_id, i, split_of(i),
                                  tuple(int(s) for s in slices), str(path)))
     return out
+
+
+def _matches(relative: str, patterns: str) -> bool:
+    return any(fnmatch.fnmatch(relative.lower(), p.strip().lower())
+               for p in patterns.split("|") if p.strip())
+
+
+def find_series(config: CtConfig, patient: Path) -> tuple[Path, Path]:
+    """(full-dose, quarter-dose) series folders below ``patient``: the folders holding files
+    whose path relative to ``patient`` matches ``full_dose_glob`` / ``quarter_dose_glob``; of
+    several matches, those holding DICOM-CT-PD projections (not reconstructed images). Raises
+    InputError (exit status 3) unless each comes down to exactly one folder."""
+    folders = sorted(p for p in patient.rglob("*") if p.is_dir() and not p.name.startswith(".")
+                     and any(f.is_file() for f in p.iterdir()))
+    found = {}
+    for what, field in (("full-dose", "full_dose_glob"), ("quarter-dose", "quarter_dose_glob")):
+        patterns = getattr(config, field)
+        hits = [p for p in folders if _matches(p.relative_to(patient).as_posix(), patterns)]
+        if len(hits) > 1:  # e.g. full_DICOM-CT-PD beside full_1mm images: keep projections
+            hits = [p for p in hits if ctpd.is_projection_series(p)] or hits
+        shown = ", ".join(p.relative_to(patient).as_posix() for p in folders[:8]) or "none"
+        if not hits:
+            raise InputError(
+                f"{patient}: no {what} projection series: no folder below it matches "
+                f"--config.{field}={patterns!r} (folders with files: {shown}). Each patient "
+                "folder needs its full- and quarter-dose DICOM-CT-PD series (e.g. "
+                "full_DICOM-CT-PD/ and quarter_DICOM-CT-PD/); add the missing one, move this "
+                f"patient out of --manual_dir, or change --config.{field}.")
+        if len(hits) > 1:
+            raise InputError(
+                f"{patient}: {len(hits)} folders match --config.{field}={patterns!r} ("
+                + ", ".join(p.relative_to(patient).as_posix() for p in hits[:5]) + "); a "
+                f"patient has one {what} series. Narrow the pattern.")
+        found[what] = hits[0]
+    if found["full-dose"] == found["quarter-dose"]:
+        raise InputError(f"{patient}: the same folder {found['full-dose']} matches both "
+                         "full_dose_glob and quarter_dose_glob; make the patterns distinct.")
+    return found["full-dose"], found["quarter-dose"]
+
+
+@functools.lru_cache(maxsize=16)
+def _indexed(full: str, quarter: str):
+    """Both series' headers, indexed once per process (the slice choice and the build share
+    them), checked to be the same scan."""
+    full_index, quarter_index = ctpd.index_series(full), ctpd.index_series(quarter)
+    ctpd.check_pair(full_index, quarter_index)
+    return full_index, quarter_index
+
+
+def positions_on_grid(config: CtConfig) -> list[int]:
+    """The grid indices k of ``slice_positions_mm`` (position = k * slice_spacing_mm); raises
+    ConfigError for text that is not numbers, or a position off the grid."""
+    text = config.slice_positions_mm.strip()
+    if not text:
+        return []
+    try:
+        positions = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--config.slice_positions_mm={text!r}: give table positions in mm "
+                          "separated by commas, e.g. '110,125.5'.") from None
+    out = []
+    for z in positions:
+        k = round(z / config.slice_spacing_mm)
+        if not math.isfinite(z) or abs(k * config.slice_spacing_mm - z) > 1e-6:
+            raise ConfigError(f"--config.slice_positions_mm: {z} mm is not a multiple of "
+                              f"--config.slice_spacing_mm={config.slice_spacing_mm}; slices lie "
+                              "at k * spacing. Change the spacing or the position.")
+        out.append(int(k))
+    return sorted(set(out))
+
+
+def _projection_patients(config: CtConfig, root: Path, split_of, n_all: int
+                         ) -> list[PatientSource]:
+    from consensus_jax.ct import projection_input
+
+    entries = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(entries) < n_all:
+        raise InputError(f"{root} holds {len(entries)} patient folders; the config needs "
+                         f"{n_all} ({config.num_train_patients} train, {config.num_test_patients}"
+                         f" test, {config.num_validation_patients} validation, "
+                         f"{config.extra_train_patients} extra train). Lower those counts.")
+    if config.shuffle_patients:
+        order = np.random.default_rng([config.seed, 11]).permutation(len(entries))
+        entries = [entries[i] for i in order]
+    fixed = positions_on_grid(config)
+    out = []
+    for i, patient in enumerate(entries[:n_all]):
+        full, quarter = find_series(config, patient)
+        _, index = _indexed(str(full), str(quarter))
+        grid = projection_input.slice_grid(index.scan, config.slice_spacing_mm)
+        if fixed:
+            projection_input.check_positions(
+                index.scan, [k * config.slice_spacing_mm for k in fixed], str(quarter))
+            slices = np.asarray(fixed)
+        else:
+            if config.slices_per_patient > grid.size:
+                raise InputError(
+                    f"{quarter}: the scan covers {grid.size} slice positions at "
+                    f"{config.slice_spacing_mm} mm spacing, fewer than slices_per_patient="
+                    f"{config.slices_per_patient}. Lower --config.slices_per_patient or "
+                    "--config.slice_spacing_mm.")
+            rng = np.random.default_rng([config.seed, zlib.crc32(patient.name.encode())])
+            slices = np.sort(rng.choice(grid, config.slices_per_patient, replace=False))
+        out.append(PatientSource(patient.name, i, split_of(i), tuple(int(k) for k in slices),
+                                 str(patient)))
+    return out
+
+
+def _projection_examples(config: CtConfig, source: PatientSource
+                         ) -> Iterator[tuple[int, dict]]:
+    from tqdm.auto import tqdm
+
+    from consensus_jax.ct import projection_input
+
+    full, quarter = _indexed(*(str(p) for p in find_series(config, Path(source.location))))
+    grid = ct_geometry.ImageGrid(config.size_px, config.grid_pixel_size_mm)
+    z_mm = [k * config.slice_spacing_mm for k in source.slice_indices]
+    images = projection_input.reconstruct_slices(quarter, z_mm, grid, full, ffs=config.ffs)
+    for index, hu in zip(tqdm(source.slice_indices, desc=f"slices ({source.patient})",
+                              unit="slice", leave=False), images, strict=True):
+        hu = {**hu, "x_clean": hu["x_full"], "x_true": hu["x_full"]}  # no noiseless image
+        yield index, {k: (hu[k] / 1000.0).astype(np.float32)[..., None]
+                      for k in features.CT_IMAGE_KEYS}
 
 
 def _read_volume(config: CtConfig, path: Path) -> ct_io.Volume:
@@ -300,6 +498,9 @@ def patient_examples(config: CtConfig, source: PatientSource) -> Iterator[tuple[
     """(slice index, image features) of each chosen slice of one patient."""
     from consensus_jax.ct import simulate
 
+    if config.source == "projections":
+        yield from _projection_examples(config, source)
+        return
     geometry = config.scan_geometry()
     hu = load_slices(config, source)
     for hu_slice, index in zip(hu, source.slice_indices, strict=True):
@@ -315,10 +516,11 @@ class Builder(splits.PatientSplitBuilder):
     """Split quarter-dose CT pairs for consensus training (Wu et al. 2019, Section 3.1)."""
 
     BUILDER_CONFIGS = list(PRESETS.values())
-    MANUAL_SOURCES = frozenset({"dicom", "numpy"})
+    MANUAL_SOURCES = frozenset({"dicom", "numpy", "projections"})
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Only for the dicom/numpy configs: put one sub-folder of CT DICOM files (dicom) or one "
-        ".npy/.npz HU stack (numpy) per patient into --manual_dir.")
+        "Only for the dicom/numpy/projections configs: put one sub-folder of CT DICOM files "
+        "(dicom), one .npy/.npz HU stack (numpy) or one folder with the full- and quarter-dose "
+        "DICOM-CT-PD projection series (projections) per patient into --manual_dir.")
 
     list_patients = staticmethod(list_patients)
     patient_examples = staticmethod(patient_examples)
