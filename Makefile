@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # step, bench/PERF_LOG.md). Set it yourself when you run the programs without make.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: venv test test-multihost test-min-versions test-all lint demo demo-mri bench ablation ablation-mri print-env
+.PHONY: venv test test-multihost test-min-versions test-all lint demo demo-mri bench ablation ablation-mri ablation-k print-env
 
 # Idempotent: (re)installs only when the venv is missing or setup.cfg/pyproject.toml changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -66,6 +66,15 @@ ablation: venv
 ablation-mri: venv
 	$(BIN)/python ablation.py --config=configs/mri_quick.py --grid=methods --seeds=0,1,2 \
 		--root=work_dirs/mri_methods --out=results/mri_methods
+
+# Consensus on K = 2, 3, 4 view subsets and Noise2Inverse on K = 2, 4 beside Noise2clean and
+# Noise2noise, quick budget, 3 training seeds; prepares the three K-way datasets first (a finished
+# dataset is reused) and adds what a training step costs per setting.
+ablation-k: venv
+	for preset in quick quick_k3 quick_k4; do $(BIN)/python -m data_prep.ct --config=$$preset \
+		--nobaselines || exit $$?; done
+	$(BIN)/python ablation.py --config=configs/ct_quick.py --grid=k_way --seeds=0,1,2 \
+		--root=work_dirs/ablation_k --out=results/ablation_k
 
 # Benchmarks need the bench extra (PyTorch CPU 2.13.0 and sigpy as references).
 $(BENCH_STAMP): $(STAMP)

@@ -2,7 +2,8 @@
 beta_r with beta_w fixed). Each entry: name -> config overrides; seeds come from the command line.
 
 Run: make ablation (loss_terms on configs/ct_quick.py, seeds 0, 1, 2); make ablation-mri
-(methods on configs/mri_quick.py, seeds 0, 1, 2). The other grids' commands, their results and
+(methods on configs/mri_quick.py, seeds 0, 1, 2); make ablation-k (k_way on configs/ct_quick.py,
+seeds 0, 1, 2, after python -m data_prep.ct --config=quick_k3 and --config=quick_k4). The other grids' commands, their results and
 run times: docs/RESULTS.md and docs/EXPERIMENTS.md.
 """
 
@@ -54,6 +55,19 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
         "beta_r": {f"consensus beta_r={b}": {"loss.beta_r": b} for b in (0.0, 0.1, 0.5, 2.0)},
         "beta_w": {f"consensus beta_w={b}": {"loss.beta_w": b, "loss.beta_r": 0.0}
                    for b in (0.0, 5e-6, 5e-5, 5e-4)},
+        # K networks on K view subsets of the same scans (the quick set's patients, slices and
+        # noise: presets quick_k3, quick_k4) against the pair and the baselines, and
+        # Noise2Inverse (one network) on the same splits; docs/k_way_consensus.md.
+        "k_way": {
+            "noise2clean": {"loss.kind": "noise2clean", "loss.beta_r": 0.0},
+            "noise2noise": n2n,
+            "consensus K=2": {},
+            "consensus K=3": {"data.config": "quick_k3", "data.num_splits": 3},
+            "consensus K=4": {"data.config": "quick_k4", "data.num_splits": 4},
+            "noise2inverse K=2": {"loss.kind": "noise2inverse", "loss.beta_r": 0.0},
+            "noise2inverse K=4": {"loss.kind": "noise2inverse", "loss.beta_r": 0.0,
+                                  "data.config": "quick_k4", "data.num_splits": 4},
+        },
     }
     if kind not in grids:
         raise ConfigError(f"Unknown ablation grid {kind!r}; choose from {sorted(grids)}.")

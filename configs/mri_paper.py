@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.test_split = "test"
     config.data.validation_split = "validation"  # whole held-out patients, for model selection
     config.data.max_train_slices = 0  # 0: all
+    # K, the split reconstructions x1 .. xK each slice is trained on; must be the dataset's K
+    # (the paper's odd/even halves: 2; K-way data: python -m data_prep.ct --config=quick_k3).
+    config.data.num_splits = 2
 
     config.model = ml_collections.ConfigDict()
     config.model.base_features = 64

@@ -3,13 +3,17 @@
 Each setting is a set of config overrides (e.g. ``{"loss.beta_r": 0.0}``); each (setting, seed)
 trains into ``<root>/<setting>/seed<k>`` (resumable, never retrained once finished). The table
 gives, per setting, the mean +- std over seeds of the per-run mean over test slices, and the mean
-of the per-run std over slices in brackets, against each reference.
+of the per-run std over slices in brackets, against each reference. A setting may train on
+another dataset (``data.config``, e.g. a K-way preset); its test split is read for it. A second
+table gives what a training step costs per setting: the networks trained, their parameters, the
+seconds per step measured in the runs, and XLA's memory for one compiled step.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from consensus_jax import evaluation, experiment, input_pipeline
+from consensus_jax import evaluation, experiment, input_pipeline, methods, train_lib
 from consensus_jax import workdir as wd
 from consensus_jax.errors import ConfigError
 
@@ -41,15 +45,74 @@ def apply_overrides(config: ml_collections.ConfigDict,
     return config
 
 
+def compiled_step_cost(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Networks, parameters and XLA's memory of one compiled training step of ``config``.
+
+    The step is compiled from abstract shapes (``jax.eval_shape``: nothing is allocated) for a
+    batch of ``train.batch_size`` patches of ``train.patch_size_px``, as training runs it.
+
+    Returns:
+      ``networks``, ``parameters`` (count, all networks), and ``step_memory_bytes``:
+      arguments + outputs - donated (aliased) buffers + XLA's temporaries of one step, from the
+      compiled step's ``memory_analysis()`` (None where the backend gives none), with its parts.
+    """
+    method = methods.from_config(config)
+    optimizer = train_lib.make_optimizer(config.optim.learning_rate,
+                                         config.optim.get("schedule", "constant"),
+                                         max(int(config.train.num_steps), 1))
+    key = jax.random.PRNGKey(0)
+    state = jax.eval_shape(lambda k: train_lib.create_train_state(method, optimizer, k), key)
+    size, channels = int(config.train.patch_size_px), 2 if config.modality == "mri" else 1
+    batch = {k: jax.ShapeDtypeStruct((int(config.train.batch_size), size, size, channels),
+                                     np.float32) for k in method.input_keys()}
+    out: dict[str, Any] = {
+        "networks": method.num_networks,
+        "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)))}
+    stats = train_lib.make_train_step(method, optimizer).lower(state, batch, key).compile() \
+        .memory_analysis()
+    if stats is None:
+        out["step_memory_bytes"] = None
+        return out
+    parts = {name: int(getattr(stats, f"{name}_size_in_bytes"))
+             for name in ("argument", "output", "alias", "temp")}
+    out["step_memory_bytes"] = (parts["argument"] + parts["output"] - parts["alias"]
+                                + parts["temp"])
+    out["step_memory_parts_bytes"] = parts
+    return out
+
+
+def seconds_per_step(workdir: Path, batch_size: int) -> float | None:
+    """The run's median seconds per training step, from the patches/s that training logged
+    (``metrics.jsonl``) between log steps; the first interval (compilation) is left out."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rates = [row["patches_per_s"] for row in map(json.loads, path.read_text().splitlines())
+             if row.get("patches_per_s")]
+    rates = rates[1:] or rates
+    return float(np.median([batch_size / r for r in rates])) if rates else None
+
+
+def _test_images(cache: dict, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The test split of ``config``'s dataset, read once per dataset and K."""
+    data = config.data
+    key = (data.name, data.config, int(data.get("num_splits", 2)))
+    if key not in cache:
+        cache[key] = input_pipeline.load_split(data, data.test_split, config.modality)
+    return cache[key]
+
+
 def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str, Any]],
              seeds: Sequence[int], root: str | Path, out_dir: str | Path) -> Path:
     """Trains and evaluates every (setting, seed); writes ablation.md and ablation.json."""
     root, out_dir = Path(root), Path(out_dir)
     modality = base.modality
     primary = jax.process_index() == 0  # all processes train and evaluate; one writes
-    images = input_pipeline.load_split(base.data, base.data.test_split, modality)
+    cache: dict = {}
+    images = _test_images(cache, base)
     rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
     steps: dict[str, list[str]] = {}
+    costs: dict[str, dict[str, Any]] = {}
     for name, overrides in settings.items():
         for seed in seeds:
             config = apply_overrides(base, {**overrides, "seed": seed})
@@ -59,8 +122,13 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
             experiment.fit(config, workdir)
             method, params, step, _ = evaluation.load_run(workdir)
             steps.setdefault(name, []).append(f"{step} (seed {seed})")
-            outputs = evaluation.predict(method, params, images, config.eval.batch_size)
-            for result in evaluation.score(modality, outputs, images):
+            if name not in costs:
+                costs[name] = {**compiled_step_cost(config), "seconds_per_step": []}
+            costs[name]["seconds_per_step"].append(
+                seconds_per_step(workdir, int(config.train.batch_size)))
+            outputs = evaluation.predict(method, params, _test_images(cache, config),
+                                         config.eval.batch_size)
+            for result in evaluation.score(modality, outputs, _test_images(cache, config)):
                 label = name if len(outputs) == 1 else f"{name} [{result.method}]"
                 for metric, values in result.values.items():
                     key = f"{evaluation.METRIC_LABELS.get(metric, metric)} vs {result.reference}"
@@ -89,6 +157,7 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
     lines += ["", "Checkpoints evaluated (each run's best validation loss; its latest where the "
               "dataset has no validation split), step per seed: "
               + "; ".join(f"{name} {', '.join(s)}" for name, s in steps.items()) + "."]
+    lines += ["", *cost_table(costs, base)]
     table = "\n".join(lines) + "\n"
     if not primary:
         return out_dir / "ablation.md"
@@ -96,6 +165,28 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
     wd.atomic_write(out_dir / "ablation.md", table)
     wd.atomic_write(out_dir / "ablation.json", json.dumps(
         {"settings": {k: dict(v) for k, v in settings.items()}, "seeds": list(seeds),
-         "rows": rows, "checkpoint_steps": steps}, indent=1))
+         "rows": rows, "checkpoint_steps": steps, "step_costs": costs,
+         "device": jax.devices()[0].device_kind}, indent=1))
     print(table)
     return out_dir / "ablation.md"
+
+
+def cost_table(costs: Mapping[str, Mapping[str, Any]], base: ml_collections.ConfigDict
+               ) -> list[str]:
+    """Markdown lines of what one training step costs per setting."""
+    lines = [f"What a training step costs ({int(base.train.batch_size)} patches of "
+             f"{int(base.train.patch_size_px)} px, {jax.devices()[0].device_kind}): seconds per "
+             "step are the median over each run's logged intervals, mean ± std over seeds; "
+             "memory is XLA's for the compiled step (arguments + outputs - donated buffers + "
+             "temporaries).", "",
+             "| setting | networks | parameters | s / step | XLA memory per step (MiB) |",
+             "|---|---|---|---|---|"]
+    for name, c in costs.items():
+        secs = np.array([s for s in c["seconds_per_step"] if s is not None])
+        time_cell = f"{secs.mean():.3f} ± {secs.std():.3f}" if secs.size else "not logged"
+        memory = c["step_memory_bytes"]
+        memory_cell = f"{memory / 2**20:.1f}" if memory is not None else \
+            "not reported by this backend"
+        lines.append(f"| {name} | {c['networks']} | {c['parameters']:,} | {time_cell} | "
+                     f"{memory_cell} |")
+    return lines

@@ -515,7 +515,9 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
                                     int(trained["num_center_lines"]),
                                     trained.get("mask_convention", "outer")),
         sense_lambda=float(trained.get("sense_lambda", 1e-2)),
-        sense_iterations=int(trained.get("sense_iterations", 30)))
+        sense_iterations=int(trained.get("sense_iterations", 30)),
+        # A model trained on K-way subsets records K (the pair's manifests record none).
+        num_splits=int(trained.get("num_splits", 2)))
     _, num_slices, _ = fastmri.read_fastmri_header(path)
     key = jax.random.PRNGKey(seed)
     denoised, masks, spreads = [], [], []

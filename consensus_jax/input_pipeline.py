@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from consensus_jax import synthetic
+from consensus_jax import features, synthetic
 from consensus_jax.errors import ConfigError, InputError, MissingInputError
 
-#: Image features every slice of a split carries, by modality (see consensus_jax/features.py).
-IMAGE_KEYS = {
-    "ct": ("x1", "x2", "x_est", "x_full", "x_clean", "x_true"),
-    "mri": ("x1", "x2", "x_est", "x_zf", "x_ref", "x_clean"),
-}
+#: Image features every slice of a split of the paper's pair (K = 2) carries, by modality;
+#: ``features.image_keys(modality, K)`` gives them for K splits.
+IMAGE_KEYS = {"ct": features.CT_IMAGE_KEYS, "mri": features.MRI_IMAGE_KEYS}
 #: The key used as the training/evaluation reference ``x_ref`` (the paper's reference image).
 REFERENCE_KEY = {"ct": "x_full", "mri": "x_ref"}
 
@@ -61,13 +59,63 @@ def _synthetic_split(data_cfg: Any, split: str, modality: str) -> dict[str, np.n
     seed, num = {data_cfg.train_split: (0, 24),
                  data_cfg.get("validation_split", "validation"): (2000, 6)}.get(split, (1000, 6))
     size = int(data_cfg.get("synthetic_size_px", 32))
-    pairs = synthetic.noisy_pairs(num, size, 0.5, seed=seed, channels=channels)
-    out = {k: pairs[k] for k in ("x1", "x2", "x_est")}
-    for k in IMAGE_KEYS[modality]:
+    num_splits = configured_splits(data_cfg)
+    pairs = synthetic.noisy_pairs(num, size, 0.5, seed=seed, channels=channels,
+                                  num_splits=num_splits)
+    out = {k: pairs[k] for k in (*features.split_keys(num_splits), "x_est")}
+    for k in features.image_keys(modality, num_splits):
         out.setdefault(k, pairs["x_ref"])
     out["patient_id"] = np.repeat(np.arange(num // 3), 3).astype(np.int64)
     out["slice_index"] = np.tile(np.arange(3), num // 3).astype(np.int64)
     return out
+
+
+def configured_splits(data_cfg: Any) -> int:
+    """``data.num_splits``: K, the split reconstructions x1 .. xK a run reads (default 2)."""
+    value = data_cfg.get("num_splits", 2)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ConfigError(f"data.num_splits={value!r}: must be an integer >= 2 (the paper's "
+                          "odd/even halves: 2).")
+    return value
+
+
+def dataset_splits(data_cfg: Any) -> int:
+    """K of a prepared dataset: its metadata's ``num_splits`` (datasets of the paper's pair,
+    including those written before K was a setting, store none: 2)."""
+    if data_cfg.name == "synthetic":
+        return configured_splits(data_cfg)
+    return int(dataset_metadata(data_cfg).get("num_splits", 2))
+
+
+def check_num_splits(data_cfg: Any) -> int:
+    """Raises ConfigError (exit 2) unless ``data.num_splits`` is the dataset's K; returns K."""
+    return check_num_splits_against(data_cfg, dataset_splits(data_cfg))
+
+
+def check_num_splits_against(data_cfg: Any, stored: int) -> int:
+    """``check_num_splits`` for a dataset of ``stored`` splits: the error names the command
+    that prepares a dataset of ``data.num_splits``."""
+    wanted = configured_splits(data_cfg)
+    if wanted == stored:
+        return stored
+    base = data_cfg.config
+    for k in range(2, 10):
+        base = base.removesuffix(f"_k{k}")
+    modality = data_cfg.name.split("_")[0]
+    if wanted == 2:
+        prepare = f"`python -m data_prep.{modality} --config={base}`"
+        target = base
+    else:
+        target = f"{base}_k{wanted}"
+        prepare = (f"`python -m data_prep.{modality} --config={base} "
+                   f"--config.num_splits={wanted} --config.name={target}`")
+        if modality == "ct" and base == "quick" and wanted in (3, 4):
+            prepare = f"`python -m data_prep.ct --config={target}` (a preset)"
+    raise ConfigError(
+        f"--config.data.num_splits={wanted}, but the dataset {data_cfg.name}/{data_cfg.config} "
+        f"holds K = {stored} split reconstructions (x1 .. x{stored}). Prepare a {wanted}-way "
+        f"dataset with {prepare} and pass --config.data.config={target}, or set "
+        f"--config.data.num_splits={stored} to train on this one.")
 
 
 def has_split(data_cfg: Any, split: str) -> bool:
@@ -93,12 +141,16 @@ def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str,
       split: split name, e.g. "train" or "test".
       modality: "ct" or "mri".
       keys: image keys to load (default: all of the modality's).
+
+    Raises:
+      ConfigError: ``data.num_splits`` differs from the dataset's K (``check_num_splits``).
     """
     if modality not in IMAGE_KEYS:
         raise ConfigError(f"modality must be 'ct' or 'mri', got {modality!r}.")
     if data_cfg.name == "synthetic":
         out = _synthetic_split(data_cfg, split, modality)
     else:
+        check_num_splits(data_cfg)
         out = _read_tfds(data_cfg, split)
     out["x_ref"] = out[REFERENCE_KEY[modality]]
     if keys is not None:

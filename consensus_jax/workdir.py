@@ -77,6 +77,7 @@ ADDED_KEY_DEFAULTS = MappingProxyType({
     "data.validation_split": "validation", "train.eval_every_steps": 0,
     "train.early_stop_patience": 0, "train.overfit_warning_evals": 3,
     "train.steps_per_dispatch": 0, "loss.distill_input": "x_est", "loss.teacher": "",
+    "data.num_splits": 2,
 })
 
 #: Config keys that runs stored before they were removed; ignored when reading a stored config.

@@ -7,12 +7,13 @@
   python -m data_prep.ct --config=projections --manual_dir=/data/LDCT-and-Projection-data
 
 ``--config=quick`` is short for ``--config=configs/data/ct.py:quick`` (the presets: tiny, quick,
-paper, dicom, numpy); ``--config.<field>=<value>`` changes a field of it, under a new
-``--config.name``. Rerunning a finished command reuses its output. TFDS writes into a temporary
-folder and renames it when complete, so an interrupted build never loads as complete; rerun to
-rebuild it. After the build this also writes, into the dataset folder: split_diagnostic.json
-(Theorem 1's conditions, measured against the noiseless FBP) and baselines_test.npz (TV
-reconstructions of the test slices, lambda chosen on a training slice), unless --nobaselines.
+quick_k3, quick_k4, paper, dicom, numpy); ``--config.<field>=<value>`` changes a field of it,
+under a new ``--config.name``. Rerunning a finished command reuses its output. TFDS writes into a
+temporary folder and renames it when complete, so an interrupted build never loads as complete;
+rerun to rebuild it. After the build this also writes, into the dataset folder:
+split_diagnostic.json (Theorem 1's conditions, measured against the noiseless FBP) and
+baselines_test.npz (TV reconstructions of the test slices, lambda chosen on a training slice),
+unless --nobaselines.
 """
 
 from __future__ import annotations

@@ -60,10 +60,11 @@ def split_report(builder) -> dict:
     """Split diagnostic (every slice) and baseline errors (test split); ``cli.report`` saves it
     as split_diagnostic.json.
 
-    Images are in the dataset's normalised units (x_est in [-1, 1]). The halves' errors are pooled
-    over every slice of both splits on the coil-map support (where x_ref is non-zero; every image
-    is zero outside it): per slice the correlation scatters by about +-0.14 around -1/7, as it
-    depends on which high-energy lines next to the centre were sampled. RMSE is the complex RMSE
+    Images are in the dataset's normalised units (x_est in [-1, 1]). The halves' errors (of K
+    subsets: x1's and x2's) are pooled over every slice of both splits on the coil-map support
+    (where x_ref is non-zero; every image is zero outside it): per slice the correlation scatters
+    by about +-0.14 around -1/7 (-1 / (K / p - 1) for K subsets), as it depends on which
+    high-energy lines next to the centre were sampled. RMSE is the complex RMSE
     x 10^-3 of the evaluation tables, mean over the test slices.
     """
     import numpy as np
@@ -91,13 +92,16 @@ def split_report(builder) -> dict:
                     d = ex[k].astype(np.float64) - ex[ref]
                     errors[label][m].append(float(np.sqrt(np.mean(np.sum(d**2, axis=-1)))))
     us = builder.builder_config.reconstruction().undersampling
+    num_splits = float(builder.builder_config.num_splits)
     width = builder.info.features["mask"].shape[0]
     p = outer_line_probability(us, int(outer_region(width, us).sum()) + us.num_center_lines)
     return {
         "units": "normalised images (x_est in [-1, 1]); RMSE is complex RMSE x 1e-3",
         "halves_vs_fully_sampled": vs_ref.result(),
         "halves_vs_noiseless": vs_clean.result(),
-        "expected_outer_line_correlation": -1.0 / (2.0 / p - 1.0),
+        # Outer-line weights w_k = K / p on the subset's lines: Var w_k = K / p - 1 and, the
+        # subsets being disjoint, Cov(w_1, w_2) = -1 (-1/7 for the paper's halves at 4x).
+        "expected_outer_line_correlation": -1.0 / (num_splits / p - 1.0),
         "rmse_1e3": {label: {m: 1e3 * float(np.mean(v)) for m, v in e.items()}
                      for label, e in errors.items()},
         "num_slices": num_slices,

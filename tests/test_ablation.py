@@ -26,3 +26,82 @@ def test_overrides_change_a_copy_and_keep_its_lock(locked):
 def test_unknown_keys_are_refused_by_name(key):
     with pytest.raises(ValueError, match=f"Ablation override '{key}': no such config key"):
         apply_overrides(_base(False), {key: 1.0})
+
+
+# --- the K-way grid and what a step costs ------------------------------------------------
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from configs import ablation as grids  # noqa: E402
+from configs import tiny  # noqa: E402
+from consensus_jax import ablation  # noqa: E402
+
+
+def _tiny(**overrides):
+    config = tiny.get_config()
+    config.train.tensorboard = False
+    config.train.progress = False
+    return apply_overrides(config, overrides)
+
+
+def test_k_way_grid_rows_train_k_networks_on_k_way_presets():
+    grid = grids.get_grid("k_way")
+    assert set(grid) == {"noise2clean", "noise2noise", "consensus K=2", "consensus K=3",
+                         "consensus K=4", "noise2inverse K=2", "noise2inverse K=4"}
+    for name, k, preset in (("consensus K=3", 3, "quick_k3"), ("consensus K=4", 4, "quick_k4"),
+                            ("noise2inverse K=4", 4, "quick_k4")):
+        assert grid[name]["data.num_splits"] == k and grid[name]["data.config"] == preset
+
+
+def test_step_cost_counts_k_networks_and_k_inputs():
+    one = ablation.compiled_step_cost(_tiny(**{"loss.kind": "noise2clean",
+                                               "loss.beta_r": 0.0}))
+    pair = ablation.compiled_step_cost(_tiny())
+    three = ablation.compiled_step_cost(_tiny(**{"data.num_splits": 3}))
+    n2i = ablation.compiled_step_cost(_tiny(**{"loss.kind": "noise2inverse", "loss.beta_r": 0.0,
+                                               "data.num_splits": 4}))
+    assert (one["networks"], pair["networks"], three["networks"], n2i["networks"]) == (1, 2, 3, 1)
+    assert pair["parameters"] == 2 * one["parameters"]
+    assert three["parameters"] == 3 * one["parameters"]
+    assert n2i["parameters"] == one["parameters"]
+    # XLA's CPU backend reports the compiled step's buffers: more networks, more memory; the
+    # arguments hold at least the parameters and Adam's two moments (float32).
+    assert one["step_memory_bytes"] < pair["step_memory_bytes"] < three["step_memory_bytes"]
+    for cost in (one, pair, three, n2i):
+        assert cost["step_memory_parts_bytes"]["argument"] >= 3 * 4 * cost["parameters"]
+
+
+def test_seconds_per_step_is_the_median_after_the_first_interval(tmp_path):
+    rows = [{"step": 2, "patches_per_s": 1.0}, {"step": 4, "patches_per_s": 80.0},
+            {"step": 4, "val/loss": 1.0}, {"step": 6, "patches_per_s": 40.0},
+            {"step": 8, "patches_per_s": 16.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    # batch 8: 0.1, 0.2 and 0.5 s per step after the compiling first interval
+    assert ablation.seconds_per_step(tmp_path, 8) == pytest.approx(0.2)
+    assert ablation.seconds_per_step(tmp_path / "none", 8) is None
+
+
+@pytest.mark.slow
+def test_tiny_k_way_grid_runs_end_to_end_with_cost_columns(tmp_path):
+    base = _tiny(**{"train.num_steps": 6, "train.eval_every_steps": 3,
+                    "train.checkpoint_every_steps": 3, "train.log_every_steps": 2})
+    out = ablation.run_grid(base, grids.get_grid("k_way"), [0], tmp_path / "runs",
+                            tmp_path / "out")
+    table = out.read_text()
+    for name in ("noise2clean", "noise2noise", "consensus K=2", "consensus K=3",
+                 "consensus K=4", "noise2inverse K=2", "noise2inverse K=4"):
+        assert f"| {name}" in table
+    assert "| setting | networks | parameters | s / step | XLA memory per step (MiB) |" in table
+    result = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    costs = result["step_costs"]
+    assert [costs[f"consensus K={k}"]["networks"] for k in (2, 3, 4)] == [2, 3, 4]
+    assert costs["noise2inverse K=4"]["networks"] == 1
+    for cost in costs.values():
+        assert all(s is not None and 0 < s < 60 for s in cost["seconds_per_step"])
+        assert cost["step_memory_bytes"] > 0
+    # Every setting is scored against the reference images of its own test split.
+    refs = {k.split(" vs ")[1] for row in result["rows"].values() for k in row}
+    assert refs == {"full-dose FBP", "noiseless FBP", "source image"}
+    assert np.isfinite(result["rows"]["consensus K=3"]["RMSE (HU) vs full-dose FBP"][0][0])

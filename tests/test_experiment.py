@@ -243,6 +243,21 @@ def test_config_stored_before_a_key_existed_matches_its_default(reference_run):
         path.write_text(json.dumps(stored))
 
 
+def test_config_stored_before_num_splits_existed_resumes_as_the_pair(reference_run):
+    import json
+
+    path = reference_run / "config.json"
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in stored.items() if k != "data.num_splits"}))
+    try:
+        assert wd.load_config(reference_run).data.num_splits == 2
+        experiment.fit(_config(), reference_run)  # finished: nothing to do, no refusal
+        with pytest.raises(ValueError, match=r"data.num_splits: stored 2, now 3"):
+            experiment.fit(_config(data__num_splits=3), reference_run)
+    finally:
+        path.write_text(json.dumps(stored))
+
+
 def test_checkpoint_saved_in_the_old_single_item_layout_still_restores_and_resumes(
         reference_run, tmp_path):
     """Runs saved before params and opt_state were separate orbax items hold one item, the whole

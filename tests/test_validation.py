@@ -104,3 +104,39 @@ def test_checkpoint_choice_errors_name_the_fix(overfit_run):
     with pytest.raises(ValueError, match="'best', 'latest' or a step number"):
         evaluation.resolve_checkpoint(overfit_run, "newest")
     assert evaluation.resolve_checkpoint(overfit_run, "240")[1:] == (240, "requested")
+
+
+def k_way_noise_constant(num_splits: int, sigma: float = 0.5, pixels: int = 32 * 32) -> float:
+    """E of the K-way loss minus the clean consensus error, per image: replacing ||y_k - x||^2
+    by ||y_k - mean_{j != k} x_j||^2 adds E||mean_{j != k} n_j||^2 = sum_{j != k} s_j^2 /
+    (K - 1)^2, averaged over k: sum_j s_j^2 / (K (K - 1)) (docs/k_way_consensus.md). The
+    synthetic set gives each of K splits noise std sigma * sqrt(K / 2) per pixel."""
+    per_split = sigma ** 2 * num_splits / 2.0 * pixels
+    return num_splits * per_split / (num_splits * (num_splits - 1))
+
+
+def test_k_way_noise_constant_of_the_pair_is_eq_8s():
+    assert k_way_noise_constant(2) == NOISE_CONSTANT
+
+
+@pytest.mark.slow
+def test_heldout_k3_loss_tracks_clean_error_and_selects_its_minimum(tmp_path):
+    """The same overfitting run with three networks on K = 3 splits: the held-out K-way
+    consensus loss minus its constant (192 per 32 x 32 image) follows the clean error of
+    z = mean_k f_k(x_k), and its minimum picks the clean error's."""
+    config = _overfit_config()
+    config.data.num_splits = 3
+    experiment.fit(config, tmp_path)
+    rows = _rows(tmp_path)
+    val = [r for r in rows if "val/loss" in r]
+    steps = np.array([r["step"] for r in val])
+    heldout = np.array([r["val/loss"] for r in val]) - k_way_noise_constant(3)
+    clean = np.array([r["oracle/clean_error"] for r in val])
+    spearman = np.corrcoef(_ranks(heldout), _ranks(clean))[0, 1]
+    assert spearman >= 0.9, (spearman, heldout, clean)
+    assert np.median(np.abs(heldout - clean)) < 0.1 * (clean.max() - clean.min())
+    best = int(val[-1]["val/best_step"])
+    assert abs(best - steps[np.argmin(clean)]) <= EVERY
+    assert clean[-1] > 1.5 * clean.min()
+    # The K = 3 run trained three networks on x1, x2, x3 (its fit terms are logged).
+    assert all(f"fit{k}" in rows[-1] or any(f"fit{k}" in r for r in rows) for k in (1, 2, 3))

@@ -4,7 +4,8 @@
   python -m data_prep.ct --config=quick --config.photons_per_ray=1e4 --config.name=quick_i0_1e4
 
 Presets (PRESETS in data_prep/ct_consensus/ct_consensus_dataset_builder.py): tiny, quick, paper,
-dicom, numpy. The fields are CtConfig's (lengths in mm; pixel_size_mm None: 380 mm / size_px). A
+dicom, numpy, and quick_k3 / quick_k4 (the quick set split into K = 3 / 4 view subsets;
+--config.num_splits=K splits any preset, under a new --config.name). The fields are CtConfig's (lengths in mm; pixel_size_mm None: 380 mm / size_px). A
 config that differs from its preset needs a new --config.name, never a preset's.
 """
 

@@ -24,7 +24,7 @@ from consensus_jax.ct.dose import MU_WATER_PER_MM, hu_to_mu, simulate_dose_pair
 from consensus_jax.ct.fbp import fbp
 from consensus_jax.ct.geometry import FanBeamGeometry, Geometry
 from consensus_jax.ct.projector import forward_project
-from consensus_jax.ct.split import get_split
+from consensus_jax.ct.split import view_subsets
 
 # I0 and the dose fraction stay traced so a sweep over them reuses one compiled function.
 _dose_pair = jax.jit(simulate_dose_pair, static_argnames=("electronic_noise_counts", "min_count"))
@@ -79,8 +79,8 @@ def consensus_inputs(p_low: jax.Array, key: jax.Array, geometry: Geometry,
                      p_full: jax.Array | None = None, p_clean: jax.Array | None = None,
                      split: str = "odd_even", split_options: dict | None = None,
                      mu_water: float = MU_WATER_PER_MM, window: str = "hann",
-                     cutoff: float = 1.0) -> dict[str, jax.Array]:
-    """Raw scan -> the split inputs x1, x2, x_est and the references (paper, Sec. 3.1).
+                     cutoff: float = 1.0, num_splits: int = 2) -> dict[str, jax.Array]:
+    """Raw scan -> the split inputs x1, x2 (x1 .. xK), x_est and the references (Sec. 3.1).
 
     Splits the low-dose views into two halves and reconstructs each half, and all views, by FBP;
     the full-dose and noiseless scans, when given, are reconstructed the same way as references.
@@ -96,10 +96,12 @@ def consensus_inputs(p_low: jax.Array, key: jax.Array, geometry: Geometry,
         "k_fold_interleaved"); ``split_options`` are passed to it.
       mu_water: water attenuation in 1/mm (mu -> HU).
       window, cutoff: FBP filter window and cutoff (fraction of Nyquist).
+      num_splits: K, the number of view subsets (``split.view_subsets``: K > 2 takes the views
+        k mod K and needs ``split="odd_even"``).
 
     Returns:
-      float32 images [H, W] or [B, H, W] in HU / 1000: ``x1``, ``x2`` (low-dose FBP of each half
-      of the views, each normalised by its own number of views), ``x_est`` (low-dose FBP of all
+      float32 images [H, W] or [B, H, W] in HU / 1000: ``x1``, ``x2`` .. ``xK`` (low-dose FBP of
+      each view subset, each normalised by its own number of views), ``x_est`` (low-dose FBP of all
       views), and ``x_full`` (full-dose FBP, the paper's reference) and ``x_clean`` (FBP of the
       noiseless projections) when their sinograms are given.
     """
@@ -111,16 +113,14 @@ def consensus_inputs(p_low: jax.Array, key: jax.Array, geometry: Geometry,
                              f"p_low {tuple(p_low.shape)}, with (views, detectors) = {expected} "
                              f"from the geometry; got shape {tuple(p.shape)}. Pass sinograms "
                              "of this geometry, or the geometry they were scanned with.")
-    half1, half2 = get_split(split, **(split_options or {}))(geometry.num_views, key)
+    subsets = view_subsets(split, geometry.num_views, key, num_splits, split_options)
 
     def recon(p, geom):
         return _to_hu_over_1000(fbp(p, geom, window=window, cutoff=cutoff), mu_water)
 
-    out = {
-        "x1": recon(p_low[..., half1, :], geometry.subset(half1)),
-        "x2": recon(p_low[..., half2, :], geometry.subset(half2)),
-        "x_est": recon(p_low, geometry),
-    }
+    out = {f"x{k + 1}": recon(p_low[..., views, :], geometry.subset(views))
+           for k, views in enumerate(subsets)}
+    out["x_est"] = recon(p_low, geometry)
     if p_full is not None:
         out["x_full"] = recon(p_full, geometry)
     if p_clean is not None:
@@ -132,7 +132,7 @@ def simulate_slice(hu_image: jax.Array, geometry: Geometry, photons_per_ray: flo
                    key: jax.Array, dose_fraction: float = 0.25, split: str = "odd_even",
                    split_options: dict | None = None, electronic_noise_counts: float = 0.0,
                    mu_water: float = MU_WATER_PER_MM, window: str = "hann",
-                   cutoff: float = 1.0) -> dict[str, jax.Array]:
+                   cutoff: float = 1.0, num_splits: int = 2) -> dict[str, jax.Array]:
     """The paper's images for one slice (or a batch of slices) of a simulated low-dose scan.
 
     HU image -> noiseless, full- and low-dose sinograms (``simulate_sinograms``) -> the split
@@ -145,13 +145,13 @@ def simulate_slice(hu_image: jax.Array, geometry: Geometry, photons_per_ray: flo
       key: jax.random key; outputs are deterministic given it. One view split is drawn per call
         and shared by every slice of a batch.
       dose_fraction: low dose / full dose (0.25: quarter dose).
-      split, split_options: the view split, as in ``consensus_inputs``.
+      split, split_options, num_splits: the view split, as in ``consensus_inputs``.
       electronic_noise_counts: std of the additive electronic noise, counts.
       mu_water: water attenuation in 1/mm (HU <-> mu).
       window, cutoff: FBP filter window and cutoff (fraction of Nyquist).
 
     Returns:
-      float32 images in HU / 1000, each shaped like ``hu_image``: ``x1``, ``x2``, ``x_est``,
+      float32 images in HU / 1000, each shaped like ``hu_image``: ``x1`` .. ``xK``, ``x_est``,
       ``x_full``, ``x_clean`` (as in ``consensus_inputs``) and ``x_true`` (``hu_image / 1000``).
     """
     key_noise, key_split = jax.random.split(key)
@@ -160,7 +160,7 @@ def simulate_slice(hu_image: jax.Array, geometry: Geometry, photons_per_ray: flo
     out = consensus_inputs(sinograms["p_low"], key_split, geometry, p_full=sinograms["p_full"],
                            p_clean=sinograms["p_clean"], split=split,
                            split_options=split_options, mu_water=mu_water, window=window,
-                           cutoff=cutoff)
+                           cutoff=cutoff, num_splits=num_splits)
     out["x_true"] = jnp.asarray(hu_image, jnp.float32) / 1000.0
     return out
 

@@ -6,6 +6,9 @@ views of the quarter-dose scan. A split is any function ``split(num_views, key) 
 schemes are registered by name (``register_split``) and looked up with ``get_split``, so a new
 scheme needs no change in its callers. Indices are concrete numpy arrays because they define the
 half-scan geometries (``geometry.subset``), which are static under ``jax.jit``.
+
+K-way splits (``view_subsets``) generalise the odd/even split to K interleaved subsets, subset k
+holding the views v with v mod K = k; for K = 2 they are the registered split's two halves.
 """
 
 from __future__ import annotations
@@ -98,6 +101,41 @@ def k_fold_interleaved(num_views: int, key: jax.Array | None = None,
     in_half1 = np.isin(np.arange(num_views) % num_folds, folds[: num_folds // 2])
     views = np.arange(num_views)
     return views[in_half1], views[~in_half1]
+
+
+def interleaved(num_views: int, num_splits: int) -> tuple[np.ndarray, ...]:
+    """K interleaved view subsets: subset k (from 0) = the views v with v mod K = k.
+
+    Each subset spans the whole rotation with K times the angular step of the scan, so its
+    Hann FBP (normalised by its own number of views) is an unbiased estimate of the image, with
+    about K times the variance of the FBP of all views. ``num_splits = 2`` is ``odd_even``.
+    """
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 2:
+        raise ValueError(f"num_splits={num_splits!r} must be an integer >= 2.")
+    if num_views < num_splits:
+        raise ValueError(f"num_views={num_views} cannot be split into num_splits={num_splits} "
+                         "non-empty view subsets; lower num_splits.")
+    views = np.arange(num_views)
+    return tuple(views[k::num_splits] for k in range(num_splits))
+
+
+def view_subsets(split: str, num_views: int, key: jax.Array | None, num_splits: int = 2,
+                 split_options: dict | None = None) -> tuple[np.ndarray, ...]:
+    """The K view subsets of a scan: the registered ``split``'s two halves for K = 2, and the K
+    interleaved subsets (views k mod K) for K > 2, which only the interleaved ("odd_even")
+    split defines.
+
+    Returns:
+      K sorted, disjoint integer index arrays covering ``range(num_views)``.
+    """
+    if num_splits == 2:
+        return tuple(get_split(split, **(split_options or {}))(num_views, key))
+    if split != "odd_even" or split_options:
+        raise ValueError(f"num_splits={num_splits} needs split='odd_even' (views k mod K), got "
+                         f"split={split!r}{' with options' if split_options else ''}; the "
+                         "other splits define two halves only.")
+    _check_views(num_views)
+    return interleaved(num_views, num_splits)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from consensus_jax.mri.coils import coil_combine, estimate_sensitivity_maps
 from consensus_jax.mri.fft import ifft2c
 from consensus_jax.mri.masks import Undersampling, sample_mask
 from consensus_jax.mri.sense import cg_sense
-from consensus_jax.mri.split import split_kspace
+from consensus_jax.mri.split import split_kspace_k
 
 Array = jax.Array
 
@@ -43,6 +43,7 @@ class ConsensusMRIConfig:
       sense_iterations: CG iterations of CG-SENSE.
       map_threshold: coil-map support = low-resolution RSS > threshold * max.
       map_hann: Hann-window the ACS block before estimating the maps.
+      num_splits: K, the subsets the sampled outer lines are dealt into (paper: 2 halves).
     """
 
     undersampling: Undersampling = field(default_factory=Undersampling)
@@ -50,8 +51,12 @@ class ConsensusMRIConfig:
     sense_iterations: int = 30
     map_threshold: float = 0.05
     map_hann: bool = True
+    num_splits: int = 2
 
     def __post_init__(self) -> None:
+        if isinstance(self.num_splits, bool) or not isinstance(self.num_splits, int) or \
+                self.num_splits < 2:
+            raise ValueError(f"num_splits must be an integer >= 2, got {self.num_splits!r}.")
         if self.sense_lambda < 0:
             raise ValueError(f"sense_lambda must be >= 0, got {self.sense_lambda}.")
         if self.sense_iterations < 1:
@@ -75,12 +80,11 @@ def _one_slice(kspace: Array, key: Array, kspace_clean: Array | None,
     k_mask, k_split = jax.random.split(key)
     mask = sample_mask(k_mask, kspace.shape[-1], us, acquired)
     y = kspace * mask.astype(kspace.real.dtype)
-    k1, k2, m1, m2 = split_kspace(k_split, y, mask, us, acquired)
+    subsets, subset_masks = split_kspace_k(k_split, y, mask, us, acquired, config.num_splits)
     maps, support = estimate_sensitivity_maps(y, us.num_center_lines, config.map_threshold,
                                               config.map_hann)
     images = {
-        "x1": coil_combine(ifft2c(k1), maps),
-        "x2": coil_combine(ifft2c(k2), maps),
+        **{f"x{k + 1}": coil_combine(ifft2c(kk), maps) for k, kk in enumerate(subsets)},
         "x_est": cg_sense(y, maps, mask, config.sense_lambda, config.sense_iterations),
         "x_zf": coil_combine(ifft2c(y), maps),
         "x_ref": coil_combine(ifft2c(kspace), maps),
@@ -92,7 +96,7 @@ def _one_slice(kspace: Array, key: Array, kspace_clean: Array | None,
     safe = jnp.where(scale > 0, scale, 1.0)
     out = {name: as_channels(img / safe) for name, img in images.items()}
     out.update(scale=scale.astype(jnp.float32), mask=mask.astype(jnp.uint8),
-               mask1=m1.astype(jnp.uint8), mask2=m2.astype(jnp.uint8),
+               **{f"mask{k + 1}": m.astype(jnp.uint8) for k, m in enumerate(subset_masks)},
                support=support.astype(jnp.uint8), maps=maps)
     return out
 
@@ -102,7 +106,7 @@ def consensus_inputs(kspace: Array, key: Array, config: ConsensusMRIConfig,
                      kspace_clean: Array | None = None,
                      acquired: tuple[int, int] | None = None,
                      return_maps: bool = False) -> dict[str, Array]:
-    """Raw scan -> the split inputs x1, x2, x_est and the references (paper, Sec. 3.1).
+    """Raw scan -> the split inputs x1, x2 (x1 .. xK), x_est and the references (Sec. 3.1).
 
     Masks the fully sampled k-space 4x, splits the sampled outer lines into two halves and
     reconstructs each half, the undersampled data (SENSE, zero-filling) and the fully sampled
@@ -118,10 +122,11 @@ def consensus_inputs(kspace: Array, key: Array, config: ConsensusMRIConfig,
       return_maps: also return the estimated maps (complex64 [..., C, H, W]).
 
     Returns:
-      A dict (leading [S] axis when batched): ``x1, x2, x_est, x_zf, x_ref`` (and ``x_clean``)
+      A dict (leading [S] axis when batched): ``x1 .. xK, x_est, x_zf, x_ref`` (and ``x_clean``)
       float32 [..., H, W, 2], all divided by the same ``scale`` float32 [...] (so ``x_est`` is in
-      [-1, 1]; multiply by it to recover k-space units); ``mask, mask1, mask2`` uint8 [..., W]
-      (the 4x mask and its two halves); ``support`` uint8 [..., H, W] (coil-map support).
+      [-1, 1]; multiply by it to recover k-space units); ``mask, mask1 .. maskK`` uint8 [..., W]
+      (the 4x mask and its K = ``config.num_splits`` subsets); ``support`` uint8 [..., H, W]
+      (coil-map support).
     """
     if kspace.ndim not in (3, 4) or not jnp.iscomplexobj(kspace):
         raise ValueError(

@@ -95,6 +95,9 @@ class CtConfig(tfds.core.BuilderConfig):
         names (train first, then test, then validation).
       ffs: projections source: flying-focal-spot handling of the rebinning
         (``consensus_jax.ct.rebin``; "native": each focal spot its own source).
+      num_splits: K, the quarter-dose view subsets reconstructed by the same Hann FBP: x1 .. xK,
+        xk from the views v with v mod K = k - 1 (2: the paper's odd/even halves; K > 2 needs
+        split="odd_even"). x_est stays the FBP of all views.
     """
 
     source: str = "phantom"
@@ -120,6 +123,7 @@ class CtConfig(tfds.core.BuilderConfig):
     slice_positions_mm: str = ""
     shuffle_patients: bool = True
     ffs: str = "native"
+    num_splits: int = 2
 
     @property
     def grid_pixel_size_mm(self) -> float:
@@ -158,7 +162,7 @@ class CtConfig(tfds.core.BuilderConfig):
         if self.split not in ct_split.available_splits():
             raise bad("split", f"must be one of {', '.join(ct_split.available_splits())}.")
         for field, low in (("size_px", 8), ("num_views", 2), ("detector_binning", 1),
-                           ("slices_per_patient", 1)):
+                           ("slices_per_patient", 1), ("num_splits", 2)):
             if getattr(self, field) < low:
                 raise bad(field, f"must be a whole number >= {low}.")
         for field in ("pixel_size_mm", "numpy_pixel_size_mm"):
@@ -187,6 +191,14 @@ class CtConfig(tfds.core.BuilderConfig):
                 if not getattr(self, field).strip(" |"):
                     raise bad(field, "must be a glob pattern, e.g. '*full*'.")
             positions_on_grid(self)
+        if self.num_splits != 2 and self.source == "projections":
+            raise bad("num_splits", "raw projections are split into their odd/even views "
+                      "only: leave num_splits at 2.")
+        if self.num_splits != 2 and self.split != "odd_even":
+            raise bad("num_splits", f"K > 2 takes the views k mod K, which only split="
+                      f"'odd_even' generalises; got split={self.split!r}.")
+        if self.num_splits > self.num_views:
+            raise bad("num_splits", f"must be <= num_views ({self.num_views}).")
         splits.check_patient_counts(self.num_train_patients, self.num_test_patients,
                                     self.num_validation_patients)
         if self.extra_train_patients < 0:
@@ -217,6 +229,8 @@ class CtConfig(tfds.core.BuilderConfig):
                if self.extra_train_patients else {}),
             **({"numpy_pixel_size_mm": self.numpy_pixel_size_mm}
                if self.numpy_pixel_size_mm is not None else {}),
+            # Datasets of the paper's pair carry no num_splits, as before it was a setting.
+            **({"num_splits": self.num_splits} if self.num_splits != 2 else {}),
             "fbp_filter": "ramp apodised by a Hann window, cutoff 1.0 (Nyquist)",
         }
 
@@ -237,6 +251,14 @@ PRESETS = {
     "quick": _preset("quick", "CPU demo: 256 px, 1152 views (736 channels binned by 2), 8+2 "
                      "(+1 validation) virtual patients x 8 slices.", size_px=256, num_views=1152,
                      detector_binning=2, num_validation_patients=1, slices_per_patient=8),
+    # The quick set's patients, slices and noise (slice keys depend on the seed alone) split
+    # into K = 3 and 4 view subsets.
+    **{f"quick_k{k}": _preset(f"quick_k{k}", f"The quick set (same patients, slices and noise) "
+                              f"split into K = {k} view subsets (views k mod {k}).",
+                              size_px=256, num_views=1152, detector_binning=2,
+                              num_validation_patients=1, slices_per_patient=8, num_splits=k,
+                              photons_per_ray=CALIBRATED_PHOTONS["quick"])
+       for k in (3, 4)},
     "paper": _preset("paper", "The paper's size: 512 px, 2304 views, 736 channels, 8+2 virtual "
                      "(+2 validation) patients x 50 slices.", size_px=512, num_views=2304),
     "dicom": _preset("dicom", "Your DICOM series (--manual_dir: one folder per patient), "
@@ -507,9 +529,10 @@ def patient_examples(config: CtConfig, source: PatientSource) -> Iterator[tuple[
         images = simulate.simulate_slice(
             hu_slice, geometry, config.photons_per_ray,
             slice_key(config, source.patient_id, index), config.dose_fraction,
-            split=config.split, electronic_noise_counts=config.electronic_noise_counts)
+            split=config.split, electronic_noise_counts=config.electronic_noise_counts,
+            num_splits=config.num_splits)
         yield index, {k: np.asarray(images[k], np.float32)[..., None]
-                      for k in features.CT_IMAGE_KEYS}
+                      for k in features.image_keys("ct", config.num_splits)}
 
 
 class Builder(splits.PatientSplitBuilder):
@@ -526,4 +549,4 @@ class Builder(splits.PatientSplitBuilder):
     patient_examples = staticmethod(patient_examples)
 
     def features(self, config):
-        return features.ct_features(config.size_px)
+        return features.ct_features(config.size_px, config.num_splits)

@@ -78,6 +78,8 @@ class MriConfig(tfds.core.BuilderConfig):
       slices_per_patient: slices per patient (paper: 31 to 35); fastmri: 0 takes every slice
         of a file, n > 0 at most n slices drawn at random.
       seed: selects virtual patients, slices and every random draw of every slice.
+      num_splits: K, the subsets the sampled outer lines are dealt into at random (x1 .. xK,
+        centre lines in each, outer lines amplified by K / p); the paper's halves: 2.
     """
 
     source: str = "phantom"
@@ -96,6 +98,7 @@ class MriConfig(tfds.core.BuilderConfig):
     num_validation_patients: int = 2
     slices_per_patient: int = 32
     seed: int = 0
+    num_splits: int = 2
 
     def coil_simulation(self) -> CoilSimulation:
         return CoilSimulation(num_coils=int(self.num_coils), snr=float(self.snr))
@@ -106,7 +109,7 @@ class MriConfig(tfds.core.BuilderConfig):
             undersampling=Undersampling(float(self.acceleration), int(self.num_center_lines),
                                         self.mask_convention),
             sense_lambda=float(self.sense_lambda), sense_iterations=int(self.sense_iterations),
-            map_threshold=float(self.map_threshold))
+            map_threshold=float(self.map_threshold), num_splits=int(self.num_splits))
 
     def validate(self) -> None:
         """Raises ConfigError naming the field, the bad value and the fix: checked before TFDS
@@ -120,7 +123,8 @@ class MriConfig(tfds.core.BuilderConfig):
         if self.source not in SOURCES:
             raise ConfigError(f"MriConfig.source must be one of {SOURCES}, got {self.source!r}.")
         for field, low in (("height_px", 8), ("width_px", 8), ("num_coils", 1),
-                           ("num_center_lines", 1), ("sense_iterations", 1), ("seed", 0)):
+                           ("num_center_lines", 1), ("sense_iterations", 1), ("seed", 0),
+                           ("num_splits", 2)):
             if getattr(self, field) < low:
                 raise bad(field, f"must be a whole number >= {low}.")
         if not (finite(self.snr) and self.snr > 0):
@@ -170,6 +174,10 @@ class MriConfig(tfds.core.BuilderConfig):
             "num_test_patients": self.num_test_patients,
             "num_validation_patients": self.num_validation_patients,
             "slices_per_patient": self.slices_per_patient,
+            # Datasets of the paper's pair carry no num_splits, as before it was a setting.
+            **({"num_splits": self.num_splits,
+                "half_amplification": f"K / p on each of the K = {self.num_splits} subsets' "
+                                      "outer lines"} if self.num_splits != 2 else {}),
         }
 
 
@@ -346,7 +354,9 @@ def load_images(config: MriConfig, source: PatientSource) -> np.ndarray:
 
 
 def _example(out: dict[str, Any]) -> dict[str, np.ndarray]:
-    example = {k: np.asarray(out[k], np.float32) for k in features.MRI_IMAGE_KEYS if k in out}
+    num_splits = sum(1 for k in out if k.startswith("mask") and k[4:].isdigit())
+    example = {k: np.asarray(out[k], np.float32)
+               for k in features.image_keys("mri", num_splits) if k in out}
     example.setdefault("x_clean", example["x_ref"])
     example["scale"] = np.float32(out["scale"])
     example["mask"] = np.asarray(out["mask"], np.uint8)
@@ -391,4 +401,4 @@ class Builder(splits.PatientSplitBuilder):
     patient_examples = staticmethod(patient_examples)
 
     def features(self, config):
-        return features.mri_features(config.height_px, config.width_px)
+        return features.mri_features(config.height_px, config.width_px, config.num_splits)
