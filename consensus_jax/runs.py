@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
@@ -33,16 +32,9 @@ def predict(method: Method, params: Any, images: Mapping[str, np.ndarray],
 
 def predict_spread(method: Method, params: Any, images: Mapping[str, np.ndarray],
                    batch_size: int = 4) -> np.ndarray | None:
-    """The spread of the method's networks on whole slices [S, H, W, C] (``method.spread``,
-    fed ``method.export_inputs`` as ``predict`` feeds them), or None for a method without one."""
-    if method.spread is None:
-        return None
-    fn = jax.jit(method.spread)
-    num = images[method.export_inputs[0]].shape[0]
-    return np.concatenate([
-        np.asarray(fn(params, *[jnp.asarray(images[k][start:start + batch_size])
-                                for k in method.export_inputs]))
-        for start in range(0, num, batch_size)])
+    """The spread of the method's networks on whole slices [S, H, W, C]
+    (``Method.spread_slices``), or None for a method without one."""
+    return method.spread_slices(params, images, batch_size)
 
 
 def resolve_checkpoint(workdir: str | Path, checkpoint: str | int = "best"

@@ -140,16 +140,18 @@ class Method:
                        batch_size: int = 4) -> dict[str, np.ndarray]:
         """``predict`` over whole slices [S, H, W, C] in batches of ``batch_size`` (NumPy in and
         out), from the images the scheme declares."""
-        keys = [k for k in dict.fromkeys((*self.export_inputs, *self.input_keys()))
-                if k in images]
-        fn = jax.jit(self.predict)
-        num = images[keys[0]].shape[0]
-        outputs: dict[str, list[np.ndarray]] = {}
-        for start in range(0, num, batch_size):
-            sl = slice(start, start + batch_size)
-            for k, v in fn(params, {k: jnp.asarray(images[k][sl]) for k in keys}).items():
-                outputs.setdefault(k, []).append(np.asarray(v))
-        return {k: np.concatenate(v) for k, v in outputs.items()}
+        keys = dict.fromkeys((*self.export_inputs, *self.input_keys()))
+        return map_slices(jax.jit(self.predict), params,
+                          {k: images[k] for k in keys if k in images}, batch_size)
+
+    def spread_slices(self, params: dict[str, Any], images: Mapping[str, np.ndarray],
+                      batch_size: int = 4) -> np.ndarray | None:
+        """``spread`` over whole slices [S, H, W, C] in batches (fed ``export_inputs`` as
+        ``predict_slices`` feeds them), or None for a scheme without one."""
+        if self.spread is None:
+            return None
+        fn = jax.jit(lambda p, batch: self.spread(p, *[batch[k] for k in self.export_inputs]))
+        return map_slices(fn, params, {k: images[k] for k in self.export_inputs}, batch_size)
 
     @property
     def export_inputs(self) -> tuple[str, ...]:
@@ -233,6 +235,16 @@ class Method:
         """One network on whole images of any size (padded to 2**depth and cropped back)."""
         return apply_padded(partial(_apply, UNet(self.model)), net_params, x,
                             self.model.size_multiple)
+
+
+def map_slices(fn: Callable[[Any, dict[str, Array]], Any], params: Any,
+               images: Mapping[str, np.ndarray], batch_size: int) -> Any:
+    """``fn(params, batch)`` over whole slices [S, ...] in batches of ``batch_size``; the
+    outputs (any pytree of arrays) concatenated along the slices, as NumPy."""
+    num = next(iter(images.values())).shape[0]
+    parts = [fn(params, {k: jnp.asarray(v[start:start + batch_size]) for k, v in images.items()})
+             for start in range(0, num, batch_size)]
+    return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
 
 
 def clean_error(z: Array, batch: Batch) -> dict[str, Array]:
