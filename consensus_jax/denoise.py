@@ -30,8 +30,14 @@ Inputs, by what ``--input`` is:
   undersampled, split and reconstructed exactly as the training data was (the manifest's
   acceleration, centre lines and SENSE settings; ``--seed`` picks the masks), so the consensus
   pair runs on its own inputs; a distilled model gets the SENSE image. The output ``.h5`` holds
-  ``denoised`` (complex64 [S, H, W], k-space units), ``denoised_magnitude``, the masks used and
-  the input's ``ismrmrd_header`` and attributes.
+  ``denoised`` (complex64 [S, H, W], k-space units, centrally cropped to the header's
+  reconstruction matrix as fastMRI crops its images: 320 x 320 for knee files with 368 ky
+  columns), ``denoised_magnitude``, the masks used (``mask``: the 4x mask; ``mask1``, ``mask2``:
+  its two halves, [S, ky] uint8), the input's ``ismrmrd_header`` and its attributes except
+  ``max`` and ``norm``, which describe the input's own RSS image and are written anew for
+  ``denoised_magnitude`` (its maximum and its L2 norm over the volume). An input unlike the
+  training data (coil count, matrix size, effective acceleration, noise level) is refused
+  without ``--allow_mismatch`` (``check_mri_input``), as CT pixel spacing is.
 
 A model trained as the consensus pair needs the two halves of each slice; a reconstructed scan
 has one image, so distil the pair first (``loss.kind=distill``).
@@ -66,6 +72,14 @@ from consensus_jax.errors import ConfigError, InputError, MissingInputError
 COMMAND = "consensus_jax.denoise"
 #: Pixel spacings more than this factor away from the training data's are refused.
 SPACING_TOLERANCE = 1.5
+#: MRI coil counts, matrix sizes and effective accelerations more than this factor away from the
+#: training data's are refused.
+MRI_TOLERANCE = 1.5
+#: MRI noise levels (the simulation's SNR, peak image magnitude / noise std per k-space sample)
+#: more than this factor away from the training data's are refused.
+NOISE_TOLERANCE = 2.0
+#: fastMRI attributes that describe the input's own reconstruction, never copied to the output.
+FASTMRI_IMAGE_ATTRS = ("max", "norm")
 #: Output suffixes for each kind of input (a DICOM series folder is written as a folder).
 OUTPUT_SUFFIXES = {"npy": (".npy",), "nifti": (".nii", ".nii.gz"), "fastmri": (".h5", ".hdf5")}
 #: Added to the output's name (before its suffix) for the networks' spread (``--uncertainty``).
@@ -491,11 +505,89 @@ def denoise_numpy(model: artifact.Model, path: Path, output: Path, batch_size: i
     return output
 
 
+def estimate_snr(kspace: np.ndarray, acquired: tuple[int, int]) -> float:
+    """The simulation's SNR of one fully sampled slice: peak root-sum-of-squares image magnitude
+    over the noise std per complex k-space sample.
+
+    The noise is read off the outermost sixteenth of the readout rows on each side (highest kx) at
+    the acquired columns, where an image's signal is sparse: ``median |k| / sqrt(ln 2)``, the
+    Rayleigh median of complex Gaussian noise of variance sigma^2, which a few strong edge
+    samples do not move.
+
+    Args:
+      kspace: complex [C, H, ky], readout oversampling removed.
+      acquired: (start, stop) acquired ky columns.
+    """
+    from consensus_jax.mri.fft import ifftc  # noqa: PLC0415
+
+    k = np.asarray(kspace)[..., acquired[0]:acquired[1]]
+    band = max(1, k.shape[-2] // 16)
+    edge = np.concatenate([k[..., :band, :], k[..., -band:, :]], axis=-2)
+    sigma = float(np.median(np.abs(edge))) / np.sqrt(np.log(2.0))
+    rss = np.sqrt(np.sum(np.abs(np.asarray(ifftc(np.asarray(kspace)))) ** 2, axis=0))
+    return float(rss.max()) / max(sigma, np.finfo(np.float32).tiny)
+
+
+def check_mri_input(manifest: dict[str, Any], num_coils: int, image_shape: tuple[int, int],
+                    input_acceleration: float, snr: float | None, source: str,
+                    allow: bool) -> list[str]:
+    """Compares a fastMRI input with the data the model was trained on; returns one line per
+    mismatch (each printed to stderr when ``allow``), or raises InputError naming them all.
+
+    Args:
+      manifest: the model's manifest (``trained_for``: ``num_coils``, ``image_shape``,
+        ``acceleration``, ``snr``; fields that are absent or not numbers are not checked).
+      num_coils: the input's receive coils.
+      image_shape: (readout rows, ky columns) of the images the model is given.
+      input_acceleration: acquired over sampled ky columns of the input (1 when fully sampled):
+        the model then sees ``input_acceleration`` times its training acceleration.
+      snr: ``estimate_snr`` of the input (mean over slices), or None.
+      source: the file, for the messages.
+      allow: warn instead of refusing (``--allow_mismatch``).
+    """
+    trained = manifest.get("trained_for", {})
+
+    def number(key: str) -> float | None:
+        value = trained.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else None
+
+    def far(value: float, reference: float, factor: float) -> bool:
+        return not 1 / factor <= value / reference <= factor
+
+    lines = []
+    coils = number("num_coils")
+    if coils is not None and far(num_coils, coils, MRI_TOLERANCE):
+        lines.append(f"{num_coils} coils, the model was trained on {coils:g}")
+    shape = trained.get("image_shape")
+    if shape and any(far(a, b, MRI_TOLERANCE) for a, b in zip(image_shape, shape, strict=True)):
+        lines.append(f"matrix {image_shape[0]} x {image_shape[1]}, the model was trained on "
+                     f"{shape[0]} x {shape[1]}")
+    acceleration = number("acceleration")
+    if acceleration is not None and far(input_acceleration, 1.0, MRI_TOLERANCE):
+        lines.append(f"the k-space is already undersampled {input_acceleration:.2f}x, so the "
+                     f"model would see {input_acceleration * acceleration:.3g}x, it was trained "
+                     f"on {acceleration:g}x (give fully sampled k-space)")
+    trained_snr = number("snr")
+    if trained_snr is not None and snr is not None and far(snr, trained_snr, NOISE_TOLERANCE):
+        lines.append(f"noise level: SNR about {snr:.3g} (peak image / noise std per k-space "
+                     f"sample), the model was trained at {trained_snr:g}")
+    if lines and not allow:
+        raise InputError(f"{source} is unlike the data the model was trained on:\n"
+                         + "\n".join(f"  {line}" for line in lines)
+                         + "\nTrain on data like it, or pass --allow_mismatch to denoise anyway.")
+    for line in lines:
+        print(f"Warning: {source}: {line}.", file=sys.stderr)
+    return lines
+
+
 def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size: int = 8,
-                    seed: int = 0, uncertainty: bool = False, **_: Any) -> Path:
-    """fastMRI multi-coil k-space -> an ``.h5`` with the denoised complex images (and with
-    ``uncertainty`` an ``.h5`` at ``uncertainty_path`` holding ``spread``, float32 [S, H, W]:
-    the modulus of the networks' complex spread, in the units of ``denoised``)."""
+                    seed: int = 0, uncertainty: bool = False, allow_mismatch: bool = False,
+                    **_: Any) -> Path:
+    """fastMRI multi-coil k-space -> an ``.h5`` with the denoised complex images (cropped to the
+    header's reconstruction matrix), after comparing the input with the training data (and
+    with ``uncertainty`` an ``.h5`` at ``uncertainty_path`` holding ``spread``, float32
+    [S, H, W]: the modulus of the networks' complex spread, in the units of ``denoised``)."""
     import h5py  # noqa: PLC0415
     import jax  # noqa: PLC0415
 
@@ -516,11 +608,20 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
                                     trained.get("mask_convention", "outer")),
         sense_lambda=float(trained.get("sense_lambda", 1e-2)),
         sense_iterations=int(trained.get("sense_iterations", 30)),
+        map_threshold=float(trained.get("map_threshold", 0.05)),
         # A model trained on K-way subsets records K (the pair's manifests record none).
         num_splits=int(trained.get("num_splits", 2)))
-    _, num_slices, _ = fastmri.read_fastmri_header(path)
+    header, num_slices, shape = fastmri.read_fastmri_header(path)
+    check_mri_input(manifest, shape[1], (header.recon_matrix[0], shape[3]),
+                    _input_acceleration(path, header), _mean_snr(path, header), str(path),
+                    allow_mismatch)
     key = jax.random.PRNGKey(seed)
-    denoised, masks, spreads = [], [], []
+    denoised, spreads = [], []
+    masks: dict[str, list[np.ndarray]] = {
+        name: [] for name in ("mask", *(f"mask{k + 1}" for k in range(recon.num_splits)))}
+    # The images are [recon rows, ky columns]; fastMRI crops them to the reconstruction matrix
+    # (368 -> 320 columns for knee) around the centre.
+    crop = (header.recon_matrix[0], header.recon_matrix[1])
     with tqdm(total=num_slices, unit="slice", desc="denoise") as bar:
         for s in fastmri.read_fastmri_slices(path):  # one slice in memory at a time
             inputs = pipeline.consensus_inputs(np.asarray(s.kspace),
@@ -533,24 +634,31 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
                 z, spread = (y[0] for y in model.denoise_with_uncertainty(
                     *images, batch_size=batch_size))
                 # Per channel (real, imaginary) -> the modulus of the complex spread.
-                spreads.append(np.sqrt(np.sum(np.square(spread), axis=-1))
-                               * float(inputs["scale"]))
+                spread = np.sqrt(np.sum(np.square(spread), axis=-1)) * float(inputs["scale"])
+                spreads.append(np.asarray(fastmri.center_crop(spread, crop)))
             else:
                 z = model.denoise(*images, batch_size=batch_size)[0]
-            denoised.append((z[..., 0] + 1j * z[..., 1]) * float(inputs["scale"]))
-            masks.append(np.asarray(inputs["mask"]))
+            z = (z[..., 0] + 1j * z[..., 1]) * float(inputs["scale"])
+            denoised.append(np.asarray(fastmri.center_crop(z, crop)))
+            for name, values in masks.items():
+                values.append(np.asarray(inputs[name], np.uint8))
             bar.update(1)
     z = np.stack(denoised).astype(np.complex64)
+    magnitude = np.abs(z).astype(np.float32)
 
     def save(tmp: Path) -> None:
         with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
             dst.create_dataset("denoised", data=z)
-            dst.create_dataset("denoised_magnitude", data=np.abs(z).astype(np.float32))
-            dst.create_dataset("mask", data=np.stack(masks))
+            dst.create_dataset("denoised_magnitude", data=magnitude)
+            for name, values in masks.items():
+                dst.create_dataset(name, data=np.stack(values))
             if "ismrmrd_header" in src:
                 dst["ismrmrd_header"] = src["ismrmrd_header"][()]
             for k, v in src.attrs.items():
-                dst.attrs[k] = v
+                if k not in FASTMRI_IMAGE_ATTRS:
+                    dst.attrs[k] = v
+            dst.attrs["max"] = float(magnitude.max())
+            dst.attrs["norm"] = float(np.linalg.norm(magnitude))
             dst.attrs["denoised_by"] = (f"consensus-jax {manifest['kind']}, step "
                                         f"{manifest['checkpoint']['step']}, seed {seed}")
 
@@ -559,13 +667,31 @@ def denoise_fastmri(model: artifact.Model, path: Path, output: Path, batch_size:
         def save_spread(tmp: Path) -> None:
             with h5py.File(tmp, "w") as dst:
                 dst.create_dataset("spread", data=np.stack(spreads).astype(np.float32))
-                dst.create_dataset("mask", data=np.stack(masks))
+                dst.create_dataset("mask", data=np.stack(masks["mask"]))
                 dst.attrs["spread_of"] = (f"the networks of consensus-jax {manifest['kind']}, "
                                           f"step {manifest['checkpoint']['step']}, seed {seed}, "
                                           f"beside {output.name}")
 
         _write_file(uncertainty_path(output), save_spread)
     return output
+
+
+def _input_acceleration(path: Path, header: Any) -> float:
+    """Acquired over sampled (non-zero) ky columns of a fastMRI file's k-space (first slice)."""
+    import h5py  # noqa: PLC0415
+
+    start, stop = header.acquired_columns
+    with h5py.File(path, "r") as f:
+        columns = np.any(np.asarray(f["kspace"][0])[..., start:stop] != 0, axis=(0, 1))
+    return (stop - start) / max(int(columns.sum()), 1)
+
+
+def _mean_snr(path: Path, header: Any) -> float:
+    """``estimate_snr`` averaged over the slices of a fastMRI file."""
+    from consensus_jax.mri import fastmri  # noqa: PLC0415
+
+    return float(np.mean([estimate_snr(s.kspace, s.acquired)
+                          for s in fastmri.read_fastmri_slices(path)]))
 
 
 def _write_file(output: Path, save: Callable[[Path], Any]) -> Path:
@@ -658,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: the model's training data's).", flag_values=fv)
     flags.DEFINE_float("recon_pixel_size_mm", None, "Projection input: reconstruction pixel size "
                        "(default: the model's training data's).", flag_values=fv)
+    flags.DEFINE_bool("allow_mismatch", False, "MRI: denoise although the coil count, matrix "
+                      "size, acceleration or noise level is far from the training data's (a "
+                      "warning per mismatch instead of a refusal).", flag_values=fv)
     errors.define_verbose_flag(fv)
     errors.parse_flags(fv, argv or sys.argv)
     if not (fv.model and fv.input and fv.output):
@@ -672,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     out = denoise_path(model, fv.input, fv.output, overwrite=fv.overwrite, model_path=fv.model,
                        batch_size=fv.batch_size, allow_other_spacing=fv.allow_other_spacing,
                        allow_unusual_values=fv.allow_unusual_values, seed=fv.seed,
-                       uncertainty=fv.uncertainty,
+                       uncertainty=fv.uncertainty, allow_mismatch=fv.allow_mismatch,
                        slice_spacing_mm=fv.slice_spacing_mm, num_slices=fv.num_slices,
                        slice_positions_mm=_floats(fv.slice_positions_mm),
                        recon_size_px=fv.recon_size_px,

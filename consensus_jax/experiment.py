@@ -33,9 +33,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from consensus_jax import input_pipeline, methods, metrics, outputs, runs, train_lib
+from consensus_jax import features, input_pipeline, methods, metrics, outputs, runs, train_lib
 from consensus_jax import workdir as wd
 from consensus_jax.errors import ConfigError, OutputUnwritableError
+from consensus_jax.mri.heldout import heldout_kspace_error
 
 #: Written into the workdir when early stopping ends a run; such a run is finished.
 EARLY_STOP_FILE = "early_stop.json"
@@ -82,6 +83,11 @@ class _Validator:
     kept in ``<workdir>/best`` (orbax, best_fn over the stored metrics, one kept), beside the
     latest ones in ``checkpoints/`` that resume uses. The oracle scores against the reference are
     logged under ``oracle/`` and never used for a decision.
+
+    When the split holds measured k-space lines that no network saw (MRI validation slices,
+    ``features.MRI_HELDOUT_KEYS``), the validation loss is instead the error of the method's
+    prediction ``z`` on those lines (``mri.heldout.heldout_kspace_error``, mean over slices),
+    whatever the scheme; the method's own loss is logged as ``consensus_loss_diagnostic``.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, method: methods.Method,
@@ -91,12 +97,15 @@ class _Validator:
         self.patience = int(config.train.early_stop_patience)
         self.warn_after = int(config.train.overfit_warning_evals)
         self.batch_size = int(config.eval.batch_size)
-        keys = [k for k in (*method.input_keys(), *method.export_inputs, "x_ref", "x_clean")
-                if k in images]
+        self.kspace = "heldout_kspace" in images
+        heldout = (*features.MRI_HELDOUT_KEYS, "heldout_valid") if self.kspace else ()
+        keys = [k for k in (*method.input_keys(), *method.export_inputs, "x_ref", "x_clean",
+                            *heldout) if k in images]
         # Whole slices in every process, on the devices of the mesh.
         self.images = replicate({k: images[k] for k in dict.fromkeys(keys)}, replicated)
         self.pixels = int(np.prod(images["x_ref"].shape[1:3]))
         self.step_fn = jax.jit(method.validation_terms)
+        self.kspace_fn = jax.jit(heldout_kspace_error)
         self.best = wd.best_manager(workdir)
         step = self.best.best_step()
         self.best_step = step
@@ -113,6 +122,11 @@ class _Validator:
             batch = {k: v[start:start + self.batch_size] for k, v in self.images.items()}
             terms, z = self.step_fn(params, batch)
             b = z.shape[0]
+            if self.kspace:
+                terms = {**terms, "consensus_loss_diagnostic": terms["loss"],
+                         "loss": jnp.mean(self.kspace_fn(
+                             z, batch["maps"], batch["heldout_lines"], batch["heldout_kspace"],
+                             batch["heldout_valid"]))}
             scores = metrics.image_metrics(self.modality, z, batch["x_ref"])
             for k, v in {**terms, **{f"oracle/{m}": jnp.mean(v) for m, v in scores.items()}
                          }.items():
@@ -127,8 +141,9 @@ class _Validator:
         vals = self.evaluate(params)
         loss = vals["loss"]
         scalars = {f"val/{k}" if not k.startswith("oracle/") else k: v for k, v in vals.items()}
-        if train_fit is not None:
-            scalars["gap_per_px"] = train_fit - loss / self.pixels
+        if train_fit is not None:  # both per pixel of the method's own (image) loss
+            image_loss = vals.get("consensus_loss_diagnostic", loss)
+            scalars["gap_per_px"] = train_fit - image_loss / self.pixels
         improved = loss < self.best_loss
         if improved:
             self.best_loss, self.best_step, self.since_best = loss, step, 0

@@ -41,8 +41,8 @@ UNITS = {"ct": ("HU", 1000.0), "mri": ("(real, imaginary) channels, per-slice no
 #: Dataset metadata copied into the manifest: what the model was trained for.
 _METADATA_KEYS = ("source", "units", "geometry", "photons_per_ray_full_dose", "dose_fraction",
                   "image_shape", "num_coils", "snr", "acceleration", "num_center_lines",
-                  "mask_convention", "sense_lambda", "sense_iterations", "normalisation",
-                  "num_splits")
+                  "mask_convention", "sense_lambda", "sense_iterations", "map_threshold",
+                  "coil_maps", "normalisation", "num_splits")
 
 
 def build(workdir: str | Path, checkpoint: str | int = "best"

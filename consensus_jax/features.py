@@ -16,7 +16,14 @@ MRI (``mri_features``), images [H, W, 2] float32 (real, imaginary), divided by `
   x_ref     fully sampled, coil-combined image (the reference).
   x_clean   noiseless fully sampled image (simulations; equal to x_ref for measured data).
   scale     the per-slice factor every image was divided by (maps x_est into [-1, 1]).
-  mask      [W] uint8, the 4x sampling mask along the phase-encode axis.
+  mask      [W] uint8, the 4x sampling mask along the phase-encode axis (the lines the halves,
+            x_est and x_zf use).
+  Validation slices only (empty, with 0 lines and 0 coils, on training and test slices): the
+  k-space lines no network sees, for the k-space validation criterion (docs/validation.md):
+  heldout_lines   [L] int32, ky columns measured but kept out of the halves, x_est and x_zf.
+  heldout_kspace  [C, H, L, 2] float32, the measured multi-coil k-space on them (real,
+                  imaginary), divided by ``scale``: the images' units under consensus_jax.mri.fft.
+  maps            [C, H, W, 2] float32, the coil maps every image of the slice was combined with.
 Both: patient (text id), patient_id (int index), slice_index (int, position in the volume).
 K = 2 (the paper's halves) gives exactly the schema of datasets written before K was a setting.
 """
@@ -58,6 +65,57 @@ def _split_doc(modality: str, k: int, num_splits: int) -> str:
     if num_splits == 2:
         return f"zero-filled amplified half {k} (real, imag) / scale"
     return f"zero-filled amplified subset {k} of {num_splits} (real, imag) / scale"
+
+
+#: The held-out k-space features of MRI validation slices (ragged: L lines, C coils per slice).
+MRI_HELDOUT_KEYS = ("heldout_lines", "heldout_kspace", "maps")
+
+
+def _channels(x: np.ndarray) -> np.ndarray:
+    return np.stack([x.real, x.imag], axis=-1).astype(np.float32)
+
+
+def mri_heldout_example(height_px: int, width_px: int, heldout: np.ndarray | None = None,
+                        kspace: np.ndarray | None = None, maps: np.ndarray | None = None
+                        ) -> dict[str, np.ndarray]:
+    """The held-out features of one slice.
+
+    Args:
+      height_px, width_px: the slice's size.
+      heldout: bool/uint8 [W], the held-out lines; None for a training or test slice (0 lines).
+      kspace: complex [C, H, W], the measured k-space / scale (only the held-out columns are read).
+      maps: complex [C, H, W], the coil maps.
+    """
+    if heldout is None:
+        return {"heldout_lines": np.zeros(0, np.int32),
+                "heldout_kspace": np.zeros((0, height_px, 0, 2), np.float32),
+                "maps": np.zeros((0, height_px, width_px, 2), np.float32)}
+    lines = np.flatnonzero(np.asarray(heldout)).astype(np.int32)
+    return {"heldout_lines": lines,
+            "heldout_kspace": _channels(np.asarray(kspace)[..., lines]),
+            "maps": _channels(np.asarray(maps))}
+
+
+def stack_heldout(columns: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-slice held-out features -> arrays over the slices, padded with zeros to the most lines
+    and coils of any slice, and ``heldout_valid`` float32 [S, C, L]: 1 on a measured (coil,
+    line), 0 on padding. Padded maps are 0, so padded coils predict 0 against 0."""
+    lines, kspace, maps = (columns[k] for k in MRI_HELDOUT_KEYS)
+    num_slices = len(lines)
+    max_l = max(len(v) for v in lines)
+    max_c = max(m.shape[0] for m in maps)
+    h, w = maps[0].shape[1:3]
+    out = {"heldout_lines": np.zeros((num_slices, max_l), np.int32),
+           "heldout_kspace": np.zeros((num_slices, max_c, h, max_l, 2), np.float32),
+           "maps": np.zeros((num_slices, max_c, h, w, 2), np.float32),
+           "heldout_valid": np.zeros((num_slices, max_c, max_l), np.float32)}
+    for i, (li, ki, mi) in enumerate(zip(lines, kspace, maps, strict=True)):
+        c, n = ki.shape[0], len(li)
+        out["heldout_lines"][i, :n] = li
+        out["heldout_kspace"][i, :c, :, :n] = ki
+        out["maps"][i, :mi.shape[0]] = mi
+        out["heldout_valid"][i, :c, :n] = 1.0
+    return out
 
 
 def _common(tfds):
@@ -105,5 +163,13 @@ def mri_features(height_px: int, width_px: int, num_splits: int = 2):
         **{k: img(docs[k]) for k in image_keys("mri", num_splits)},
         "scale": tfds.features.Scalar(np.float32, doc="per-slice normalisation factor"),
         "mask": tfds.features.Tensor(shape=(width_px,), dtype=np.uint8, doc="4x line mask"),
+        "heldout_lines": tfds.features.Tensor(
+            shape=(None,), dtype=np.int32, doc="validation: held-out ky columns [L]"),
+        "heldout_kspace": tfds.features.Tensor(
+            shape=(None, height_px, None, 2), dtype=np.float32, encoding="zlib",
+            doc="validation: measured k-space on the held-out lines / scale [C, H, L, 2]"),
+        "maps": tfds.features.Tensor(
+            shape=(None, height_px, width_px, 2), dtype=np.float32, encoding="zlib",
+            doc="validation: the coil maps of the slice [C, H, W, 2]"),
         **_common(tfds),
     })

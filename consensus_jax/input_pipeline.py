@@ -134,7 +134,9 @@ def load_split(data_cfg: Any, split: str, modality: str = "ct", keys: tuple[str,
     """All slices of a split as numpy arrays, images [S, H, W, C] float32.
 
     Adds ``x_ref`` (the paper's reference: CT full-dose FBP, MRI fully sampled image). Slices are
-    ordered by patient, then slice, whatever the shard layout on disk.
+    ordered by patient, then slice, whatever the shard layout on disk. An MRI split with held-out
+    lines (validation) also has ``heldout_lines, heldout_kspace, maps, heldout_valid``
+    (``features.stack_heldout``: padded to the most lines and coils of its slices).
 
     Args:
       data_cfg: the ``data`` group of an experiment config.
@@ -180,7 +182,11 @@ def _read_tfds(data_cfg: Any, split: str) -> dict[str, np.ndarray]:
             columns.setdefault(k, []).append(np.asarray(v))
     if not columns:
         raise InputError(f"Split {split!r} of {dataset_dir(data_cfg)} is empty.")
+    heldout = {k: columns.pop(k) for k in features.MRI_HELDOUT_KEYS if k in columns}
     out = {k: np.stack(v) for k, v in columns.items()}
+    if heldout and any(len(v) for v in heldout["heldout_lines"]):
+        # Only validation slices hold out lines; elsewhere the (empty) features are left out.
+        out.update(features.stack_heldout(heldout))
     # Deterministic order whatever the shard layout: by patient, then slice.
     order = np.lexsort((out["slice_index"], out["patient_id"]))
     return {k: v[order] for k, v in out.items()}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs.data import mri as data_config
-from consensus_jax import input_pipeline
+from consensus_jax import features, input_pipeline
 from consensus_jax.errors import ConfigError, MissingInputError
 from consensus_jax.mri.simulate import simulate_slice
 from data_prep import cli
@@ -122,7 +122,8 @@ def test_interrupted_build_never_loads_as_complete(tmp_path, monkeypatch):
     def interrupted(config, source):
         zeros = np.zeros((64, 64, 2), np.float32)
         yield 0, {**{k: zeros for k in ("x1", "x2", "x_est", "x_zf", "x_ref", "x_clean")},
-                  "scale": np.float32(1), "mask": np.zeros(64, np.uint8)}
+                  "scale": np.float32(1), "mask": np.zeros(64, np.uint8),
+                  **features.mri_heldout_example(64, 64)}
         raise KeyboardInterrupt("simulated interruption")
 
     monkeypatch.setattr(builder_lib.Builder, "patient_examples", staticmethod(interrupted))

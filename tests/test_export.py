@@ -240,16 +240,30 @@ def test_fastmri_round_trip_runs_the_pair_on_its_own_split(tmp_path):
     with pytest.raises(denoise.InputError, match="does not record how its training data"):
         denoise.denoise_path(model, source, tmp_path / "out.h5")
     model.manifest["trained_for"] = {"acceleration": 2.0, "num_center_lines": 4}
+    with h5py.File(source, "a") as f:  # fastMRI's attributes of the input's own RSS image
+        f.attrs.update({"max": 123.0, "norm": 456.0, "acquisition": "CORPD_FBK"})
     out = denoise.denoise_path(model, source, tmp_path / "out.h5", seed=3, uncertainty=True)
     with h5py.File(tmp_path / "out_uncertainty.h5") as f:
         spread, spread_masks = f["spread"][()], f["mask"][()]
     with h5py.File(out) as f, h5py.File(source) as src:
         z = f["denoised"][()]
         np.testing.assert_array_equal(f["mask"][()], spread_masks)
-        assert z.shape == (SLICES, RECON, KY) and z.dtype == np.complex64
-        np.testing.assert_allclose(f["denoised_magnitude"][()], np.abs(z), rtol=1e-6)
+        # Cropped to the header's reconstruction matrix (RECON x RECON), not the KY columns.
+        assert z.shape == (SLICES, RECON, RECON) and z.dtype == np.complex64
+        magnitude = f["denoised_magnitude"][()]
+        np.testing.assert_allclose(magnitude, np.abs(z), rtol=1e-6)
         assert f["ismrmrd_header"][()] == src["ismrmrd_header"][()]
-        masks = f["mask"][()]
+        masks, mask1, mask2 = f["mask"][()], f["mask1"][()], f["mask2"][()]
+        assert f.attrs["acquisition"] == "CORPD_FBK"
+        assert f.attrs["max"] == pytest.approx(float(magnitude.max()))
+        assert f.attrs["norm"] == pytest.approx(float(np.sqrt(np.sum(magnitude.astype(
+            np.float64) ** 2))), rel=1e-5)
+    # The two halves of the 4x mask: disjoint outside the 4 centre columns [10, 14).
+    center = np.zeros(KY, bool)
+    center[KY // 2 - 2:KY // 2 + 2] = True
+    assert masks.shape == mask1.shape == mask2.shape == (SLICES, KY)
+    np.testing.assert_array_equal(mask1 | mask2, masks)
+    np.testing.assert_array_equal(mask1 & mask2, np.broadcast_to(center, masks.shape))
     # The pair's own inputs, made as in training, through the method's denoise.
     from consensus_jax.mri import fastmri, pipeline
     from consensus_jax.mri.masks import Undersampling
@@ -261,17 +275,83 @@ def test_fastmri_round_trip_runs_the_pair_on_its_own_split(tmp_path):
     inputs = pipeline.consensus_inputs(s.kspace, jax.random.fold_in(jax.random.PRNGKey(3), 1),
                                        recon, acquired=s.acquired)
     np.testing.assert_array_equal(masks[1], np.asarray(inputs["mask"]))
+    np.testing.assert_array_equal(mask1[1], np.asarray(inputs["mask1"]))
     method, params, _, _ = evaluation.load_run(tmp_path / "run", "latest")
     y = np.asarray(method.denoise(params, inputs["x1"][None], inputs["x2"][None]))[0]
     expected = (y[..., 0] + 1j * y[..., 1]) * float(inputs["scale"])
+    assert expected.shape == (RECON, KY)
+    first = (KY - RECON) // 2  # fastMRI's centre crop
+    expected = expected[:, first:first + RECON]
     np.testing.assert_allclose(z[1], expected, atol=1e-5 * np.abs(expected).max())
     # The spread: |f1(x1) - f2(x2)| / 2 as complex numbers, in the units of ``denoised``.
     ys = [np.asarray(method.apply_whole(params[f"net{k}"], inputs[f"x{k}"][None]))[0]
           for k in (1, 2)]
     diff = (ys[0] - ys[1])[..., 0] + 1j * (ys[0] - ys[1])[..., 1]
-    assert spread.shape == (SLICES, RECON, KY) and spread.dtype == np.float32
-    np.testing.assert_allclose(spread[1], np.abs(diff) / 2 * float(inputs["scale"]),
+    assert spread.shape == (SLICES, RECON, RECON) and spread.dtype == np.float32
+    np.testing.assert_allclose(spread[1], np.abs(diff)[:, first:first + RECON] / 2
+                               * float(inputs["scale"]),
                                atol=1e-5 * np.abs(expected).max())
+
+
+def test_fastmri_input_unlike_the_training_data_is_refused_or_warned(tmp_path, capsys):
+    import h5py
+    from test_mri_fastmri import COILS, KY, RECON, _kspace, _write
+
+    from configs import mri_tiny
+    from consensus_jax import denoise
+
+    config = mri_tiny.get_config()
+    config.data.name = "synthetic"
+    config.train.num_steps = 1
+    config.train.eval_every_steps = 0
+    config.train.tensorboard = config.train.progress = False
+    experiment.fit(config, tmp_path / "run")
+    model = cj_export.load(tmp_path / "run", "latest")
+    like = {"acceleration": 2.0, "num_center_lines": 4, "num_coils": COILS,
+            "image_shape": [RECON, KY]}
+    model.manifest["trained_for"] = dict(like)
+    # Already undersampled: every other acquired column [2, 22) is empty, 2x before our 2x.
+    kspace = _kspace()
+    kspace[..., 3:22:2] = 0
+    source = _write(tmp_path / "scan.h5", kspace)
+    assert denoise.denoise_path(model, _write(tmp_path / "full.h5"), tmp_path / "a.h5")
+    assert capsys.readouterr().err.count("Warning:") == 0  # like the training data: silent
+    model.manifest["trained_for"] = {**like, "num_coils": 15, "image_shape": [320, 368]}
+    with pytest.raises(denoise.InputError) as err:
+        denoise.denoise_path(model, source, tmp_path / "b.h5")
+    message = str(err.value)
+    assert f"{COILS} coils, the model was trained on 15" in message
+    assert f"matrix {RECON} x {KY}, the model was trained on 320 x 368" in message
+    assert "already undersampled 2.00x, so the model would see 4x" in message
+    assert "--allow_mismatch" in message
+    out = denoise.denoise_path(model, source, tmp_path / "b.h5", allow_mismatch=True)
+    with h5py.File(out) as f:
+        assert f["denoised"].shape[1:] == (RECON, RECON)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "Warning:" in line]
+    assert len(warnings) == 3 and all(str(source) in w for w in warnings)
+
+
+def test_noise_level_is_estimated_and_checked():
+    import jax
+    import jax.numpy as jnp
+
+    from consensus_jax import denoise
+    from consensus_jax.mri.simulate import CoilSimulation, simulate_kspace
+    from consensus_jax.phantoms.knee import virtual_knee
+
+    image = jnp.asarray(virtual_knee(0, 1, 128)[0])
+    for snr in (10.0, 20.0, 40.0):
+        kspace, _, _ = simulate_kspace(image, jax.random.PRNGKey(1),
+                                       CoilSimulation(num_coils=8, snr=snr))
+        # The simulation's definition: peak |x| over the complex noise std per sample.
+        assert denoise.estimate_snr(np.asarray(kspace), (0, 128)) == pytest.approx(snr, rel=0.15)
+    manifest = {"trained_for": {"snr": 18.0}}
+    assert denoise.check_mri_input(manifest, 8, (128, 128), 1.0, 20.0, "scan.h5", False) == []
+    with pytest.raises(denoise.InputError, match="SNR about 60.*trained at 18"):
+        denoise.check_mri_input(manifest, 8, (128, 128), 1.0, 60.0, "scan.h5", False)
+    # A measured-data model records no number: nothing to compare.
+    assert denoise.check_mri_input({"trained_for": {"snr": "measured data"}}, 8, (128, 128),
+                                   1.0, 60.0, "scan.h5", False) == []
 
 
 # --- the networks' spread (--uncertainty) --------------------------------------------------------

@@ -146,6 +146,44 @@ def sample_mask(key: Array, width: int, undersampling: Undersampling,
     return jnp.asarray(center) | (outer & jnp.asarray(region))
 
 
+def check_holdout_fraction(fraction: float, undersampling: Undersampling,
+                           num_acquired: int) -> float:
+    """The outer-line probability ``p / (1 - fraction)`` of a mask that also holds out lines;
+    raises ValueError unless it is a probability."""
+    p = outer_line_probability(undersampling, num_acquired)
+    if not 0.0 <= fraction < 1.0 or p / (1.0 - fraction) > 1.0:
+        raise ValueError(
+            f"validation_holdout_fraction={fraction} must lie in [0, {1.0 - p:g}) at outer-line "
+            f"probability {p:g} (held-out and used lines together are sampled with probability "
+            "p / (1 - fraction) <= 1); 0.2 is the default.")
+    return p / (1.0 - fraction)
+
+
+@partial(jax.jit, static_argnames=("width", "undersampling", "acquired", "fraction"))
+def sample_mask_with_holdout(key: Array, width: int, undersampling: Undersampling,
+                             acquired: tuple[int, int] | None = None,
+                             fraction: float = 0.2) -> tuple[Array, Array]:
+    """A mask and a disjoint set of held-out outer lines, bool [W] each.
+
+    The mask is exactly ``sample_mask(key, ...)`` (same key, same uniform draw ``u`` per column:
+    sampled where ``u < p``). An outer column is held out where ``p <= u < p / (1 - fraction)``:
+    independently of the mask with probability ``p * fraction / (1 - fraction)``, so that the
+    held-out lines are ``fraction`` of all the measured outer lines (used or held out) in
+    expectation, and the used lines keep the pattern (and the halves their amplification) of a
+    slice without held-out lines.
+    """
+    region = outer_region(width, undersampling, acquired)
+    num_acquired = int(region.sum()) + undersampling.num_center_lines
+    p = outer_line_probability(undersampling, num_acquired)
+    p_measured = check_holdout_fraction(fraction, undersampling, num_acquired)
+    center = center_lines(width, undersampling.num_center_lines)
+    u = jax.random.uniform(key, (width,))
+    region = jnp.asarray(region)
+    mask = jnp.asarray(center) | ((u < p) & region)
+    held = (u >= p) & (u < p_measured) & region
+    return mask, held
+
+
 @partial(jax.jit, static_argnames=("num_slices", "width", "undersampling", "acquired"))
 def sample_masks(key: Array, num_slices: int, width: int, undersampling: Undersampling,
                  acquired: tuple[int, int] | None = None) -> Array:

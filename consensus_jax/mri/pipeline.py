@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from consensus_jax.mri.coils import coil_combine, estimate_sensitivity_maps
 from consensus_jax.mri.fft import ifft2c
-from consensus_jax.mri.masks import Undersampling, sample_mask
+from consensus_jax.mri.masks import Undersampling, sample_mask, sample_mask_with_holdout
 from consensus_jax.mri.sense import cg_sense
 from consensus_jax.mri.split import split_kspace_k
 
@@ -44,6 +44,10 @@ class ConsensusMRIConfig:
       map_threshold: coil-map support = low-resolution RSS > threshold * max.
       map_hann: Hann-window the ACS block before estimating the maps.
       num_splits: K, the subsets the sampled outer lines are dealt into (paper: 2 halves).
+      validation_holdout_fraction: 0 for training and test slices. > 0 (validation slices):
+        besides the mask, extra outer lines are measured and kept out of both halves, x_est
+        and x_zf (``masks.sample_mask_with_holdout``), this fraction of all measured outer
+        lines in expectation; their k-space is returned for the k-space validation criterion.
     """
 
     undersampling: Undersampling = field(default_factory=Undersampling)
@@ -52,6 +56,7 @@ class ConsensusMRIConfig:
     map_threshold: float = 0.05
     map_hann: bool = True
     num_splits: int = 2
+    validation_holdout_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.num_splits, bool) or not isinstance(self.num_splits, int) or \
@@ -59,6 +64,9 @@ class ConsensusMRIConfig:
             raise ValueError(f"num_splits must be an integer >= 2, got {self.num_splits!r}.")
         if self.sense_lambda < 0:
             raise ValueError(f"sense_lambda must be >= 0, got {self.sense_lambda}.")
+        if not 0.0 <= self.validation_holdout_fraction < 1.0:
+            raise ValueError(f"validation_holdout_fraction must lie in [0, 1), got "
+                             f"{self.validation_holdout_fraction}.")
         if self.sense_iterations < 1:
             raise ValueError(f"sense_iterations must be >= 1, got {self.sense_iterations}.")
 
@@ -78,7 +86,13 @@ def _one_slice(kspace: Array, key: Array, kspace_clean: Array | None,
                ) -> dict[str, Array]:
     us = config.undersampling
     k_mask, k_split = jax.random.split(key)
-    mask = sample_mask(k_mask, kspace.shape[-1], us, acquired)
+    holdout = config.validation_holdout_fraction
+    if holdout > 0:
+        # The same draw as sample_mask: the used lines, hence every image, are those of a slice
+        # without held-out lines; the held-out ones come on top.
+        mask, held = sample_mask_with_holdout(k_mask, kspace.shape[-1], us, acquired, holdout)
+    else:
+        mask = sample_mask(k_mask, kspace.shape[-1], us, acquired)
     y = kspace * mask.astype(kspace.real.dtype)
     subsets, subset_masks = split_kspace_k(k_split, y, mask, us, acquired, config.num_splits)
     maps, support = estimate_sensitivity_maps(y, us.num_center_lines, config.map_threshold,
@@ -98,6 +112,10 @@ def _one_slice(kspace: Array, key: Array, kspace_clean: Array | None,
     out.update(scale=scale.astype(jnp.float32), mask=mask.astype(jnp.uint8),
                **{f"mask{k + 1}": m.astype(jnp.uint8) for k, m in enumerate(subset_masks)},
                support=support.astype(jnp.uint8), maps=maps)
+    if holdout > 0:
+        # In the images' units (divided by scale), so fft2c(maps * z) compares with it directly.
+        out.update(heldout=held.astype(jnp.uint8),
+                   heldout_kspace=kspace * (held.astype(kspace.real.dtype) / safe))
     return out
 
 
@@ -126,7 +144,10 @@ def consensus_inputs(kspace: Array, key: Array, config: ConsensusMRIConfig,
       float32 [..., H, W, 2], all divided by the same ``scale`` float32 [...] (so ``x_est`` is in
       [-1, 1]; multiply by it to recover k-space units); ``mask, mask1 .. maskK`` uint8 [..., W]
       (the 4x mask and its K = ``config.num_splits`` subsets); ``support`` uint8 [..., H, W]
-      (coil-map support).
+      (coil-map support). With ``config.validation_holdout_fraction > 0`` also ``heldout``
+      uint8 [..., W] (the held-out lines, disjoint from ``mask``), ``heldout_kspace`` complex64
+      [..., C, kx, ky] (the measured k-space on them divided by ``scale``, 0 elsewhere) and
+      ``maps``.
     """
     if kspace.ndim not in (3, 4) or not jnp.iscomplexobj(kspace):
         raise ValueError(
@@ -143,6 +164,6 @@ def consensus_inputs(kspace: Array, key: Array, config: ConsensusMRIConfig,
     else:
         keys = jax.random.split(key, kspace.shape[0])
         out = jax.vmap(run)(kspace, keys, kspace_clean)
-    if not return_maps:
+    if not return_maps and config.validation_holdout_fraction == 0:
         out.pop("maps")
     return out

@@ -77,6 +77,10 @@ class MriConfig(tfds.core.BuilderConfig):
         listed after the test patients.
       slices_per_patient: slices per patient (paper: 31 to 35); fastmri: 0 takes every slice
         of a file, n > 0 at most n slices drawn at random.
+      validation_holdout_fraction: on validation slices only, this fraction of the measured
+        outer lines (in expectation) is kept out of both halves, x_est and x_zf, and stored
+        with the coil maps for the k-space validation criterion (docs/validation.md); their
+        mask, halves and images are those of a slice without held-out lines. 0: none.
       seed: selects virtual patients, slices and every random draw of every slice.
       num_splits: K, the subsets the sampled outer lines are dealt into at random (x1 .. xK,
         centre lines in each, outer lines amplified by K / p); the paper's halves: 2.
@@ -99,13 +103,17 @@ class MriConfig(tfds.core.BuilderConfig):
     slices_per_patient: int = 32
     seed: int = 0
     num_splits: int = 2
+    validation_holdout_fraction: float = 0.2
 
     def coil_simulation(self) -> CoilSimulation:
         return CoilSimulation(num_coils=int(self.num_coils), snr=float(self.snr))
 
-    def reconstruction(self) -> ConsensusMRIConfig:
-        """Mask, split and SENSE settings (a frozen dataclass; static under jit)."""
+    def reconstruction(self, validation: bool = False) -> ConsensusMRIConfig:
+        """Mask, split and SENSE settings (a frozen dataclass; static under jit); with
+        ``validation`` the held-out lines of a validation slice too."""
+        holdout = float(self.validation_holdout_fraction) if validation else 0.0
         return ConsensusMRIConfig(
+            validation_holdout_fraction=holdout,
             undersampling=Undersampling(float(self.acceleration), int(self.num_center_lines),
                                         self.mask_convention),
             sense_lambda=float(self.sense_lambda), sense_iterations=int(self.sense_iterations),
@@ -138,6 +146,10 @@ class MriConfig(tfds.core.BuilderConfig):
             raise bad("sense_lambda", "must be a number >= 0 (the Tikhonov weight of SENSE).")
         if not (finite(self.map_threshold) and 0 <= self.map_threshold < 1):
             raise bad("map_threshold", "must lie in [0, 1) (a fraction of the peak RSS).")
+        if not (finite(self.validation_holdout_fraction)
+                and 0 <= self.validation_holdout_fraction < 1):
+            raise bad("validation_holdout_fraction", "must lie in [0, 1) (a fraction of the "
+                      "measured outer lines of a validation slice; 0.2 is the default).")
         if self.source != "fastmri" and self.height_px != self.width_px:
             raise ConfigError(f"The {self.source!r} source makes square images: set height_px = "
                               f"width_px (got {self.height_px} x {self.width_px}).")
@@ -150,6 +162,16 @@ class MriConfig(tfds.core.BuilderConfig):
             raise ConfigError(f"num_center_lines={self.num_center_lines} leaves no outer lines of "
                               f"the width_px={self.width_px} phase-encode columns; lower it.")
         self.reconstruction()
+        if self.validation_holdout_fraction:
+            from consensus_jax.mri.masks import check_holdout_fraction, outer_region
+
+            us = self.reconstruction().undersampling
+            try:
+                check_holdout_fraction(float(self.validation_holdout_fraction), us,
+                                       int(outer_region(self.width_px, us).sum())
+                                       + us.num_center_lines)
+            except ValueError as err:
+                raise bad("validation_holdout_fraction", str(err)) from None
         if self.source != "fastmri":
             self.coil_simulation()
 
@@ -167,6 +189,11 @@ class MriConfig(tfds.core.BuilderConfig):
             "sense_lambda": self.sense_lambda, "sense_iterations": self.sense_iterations,
             "coil_maps": f"ACS lines, Hann window, support > {self.map_threshold} x peak RSS; the "
                          "same maps combine every image of a slice",
+            "map_threshold": self.map_threshold,
+            "validation_holdout_fraction": self.validation_holdout_fraction,
+            "heldout": "validation slices: measured outer lines kept out of both halves, x_est "
+                       "and x_zf (heldout_lines), their k-space / scale (heldout_kspace) and the "
+                       "coil maps (maps), for the k-space validation criterion",
             "normalisation": "every image divided by scale = max(|Re x_est|, |Im x_est|) of its "
                              "slice (x_est in [-1, 1]); multiply by scale for k-space units",
             "x_clean": "noiseless fully sampled image" if simulated else "equal to x_ref",
@@ -360,6 +387,12 @@ def _example(out: dict[str, Any]) -> dict[str, np.ndarray]:
     example.setdefault("x_clean", example["x_ref"])
     example["scale"] = np.float32(out["scale"])
     example["mask"] = np.asarray(out["mask"], np.uint8)
+    h, w = example["x_ref"].shape[:2]
+    if "heldout" in out:
+        example.update(features.mri_heldout_example(h, w, out["heldout"], out["heldout_kspace"],
+                                                    out["maps"]))
+    else:
+        example.update(features.mri_heldout_example(h, w))
     return example
 
 
@@ -371,7 +404,7 @@ def patient_examples(config: MriConfig, source: PatientSource
     from consensus_jax.mri.pipeline import consensus_inputs
     from consensus_jax.mri.simulate import simulate_slice
 
-    recon = config.reconstruction()
+    recon = config.reconstruction(validation=source.split == "validation")
     if config.source == "fastmri":
         from consensus_jax.mri.fastmri import read_fastmri_slices
 
