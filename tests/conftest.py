@@ -42,6 +42,29 @@ def tiny_mri_data_dir(tmp_path_factory):
     return data_dir
 
 
+def train_tiny(workdir, kind="consensus", num_steps=3, mri=False, **data):
+    """Trains a tiny run of ``kind`` for ``num_steps`` steps on synthetic data in ``workdir``
+    (consensus with its config's beta_r, the other schemes with 0; ``data`` sets ``config.data``
+    fields)
+    and returns ``workdir``. MRI runs validate never (``eval_every_steps = 0``)."""
+    from configs import mri_tiny, tiny
+    from consensus_jax import experiment
+
+    config = mri_tiny.get_config() if mri else tiny.get_config()
+    config.train.tensorboard = config.train.progress = False
+    config.train.num_steps = num_steps
+    config.loss.kind = kind
+    if kind != "consensus":
+        config.loss.beta_r = 0.0
+    if mri:
+        config.data.name = "synthetic"
+        config.train.eval_every_steps = 0
+    for key, value in data.items():
+        config.data[key] = value
+    experiment.fit(config, workdir)
+    return workdir
+
+
 def dicom_series(folder, n=3, change=None):
     """A small CT series made from pydicom's shipped CT slice (128 x 128, 0.66 mm) in ``folder``;
     ``change(i, ds)`` may edit slice ``i`` before it is written. Returns ``folder``."""

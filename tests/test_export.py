@@ -7,7 +7,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import dicom_series
+from conftest import dicom_series, train_tiny
 
 from configs import tiny
 from consensus_jax import artifact, evaluation, experiment
@@ -33,16 +33,7 @@ print(repr(model))
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    out = {}
-    for kind in ("consensus", "noise2noise"):
-        config = tiny.get_config()
-        config.train.tensorboard = config.train.progress = False
-        config.train.num_steps = 3
-        config.loss.kind = kind
-        config.loss.beta_r = 0.5 if kind == "consensus" else 0.0
-        experiment.fit(config, root / kind)
-        out[kind] = root / kind
-    return out
+    return {kind: train_tiny(root / kind, kind) for kind in ("consensus", "noise2noise")}
 
 
 @pytest.mark.parametrize("kind", ["consensus", "noise2noise"])
@@ -225,15 +216,9 @@ def test_fastmri_round_trip_runs_the_pair_on_its_own_split(tmp_path):
     import h5py
     from test_mri_fastmri import KY, RECON, SLICES, _write
 
-    from configs import mri_tiny
     from consensus_jax import denoise
 
-    config = mri_tiny.get_config()
-    config.data.name = "synthetic"
-    config.train.num_steps = 2
-    config.train.eval_every_steps = 0
-    config.train.tensorboard = config.train.progress = False
-    experiment.fit(config, tmp_path / "run")
+    train_tiny(tmp_path / "run", num_steps=2, mri=True)
     model = cj_export.load(tmp_path / "run", "latest")
     assert model.inputs == ["x1", "x2"]
     source = _write(tmp_path / "scan.h5")
@@ -297,15 +282,9 @@ def test_fastmri_input_unlike_the_training_data_is_refused_or_warned(tmp_path, c
     import h5py
     from test_mri_fastmri import COILS, KY, RECON, _kspace, _write
 
-    from configs import mri_tiny
     from consensus_jax import denoise
 
-    config = mri_tiny.get_config()
-    config.data.name = "synthetic"
-    config.train.num_steps = 1
-    config.train.eval_every_steps = 0
-    config.train.tensorboard = config.train.progress = False
-    experiment.fit(config, tmp_path / "run")
+    train_tiny(tmp_path / "run", num_steps=1, mri=True)
     model = cj_export.load(tmp_path / "run", "latest")
     like = {"acceleration": 2.0, "num_center_lines": 4, "num_coils": COILS,
             "image_shape": [RECON, KY]}

@@ -15,10 +15,10 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from conftest import ROOT, dicom_series
+from conftest import ROOT, dicom_series, train_tiny
 
 from configs import tiny
-from consensus_jax import denoise, experiment
+from consensus_jax import denoise
 from consensus_jax import export as cj_export
 from consensus_jax.ct import ctpd, projection_input
 from consensus_jax.ct import rebin as rb
@@ -181,12 +181,7 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     out = {}
     for kind in ("consensus", "noise2clean"):
-        config = tiny.get_config()
-        config.train.tensorboard = config.train.progress = False
-        config.train.num_steps = 3
-        config.loss.kind = kind
-        config.loss.beta_r = 0.5 if kind == "consensus" else 0.0
-        experiment.fit(config, root / kind)
+        train_tiny(root / kind, kind)
         model = cj_export.load(root / kind, "latest")
         model.manifest["trained_for"] = {"geometry": {"image": dataclasses.asdict(GRID)}}
         out[kind] = model

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_tiny
 
 from configs import tiny
 from consensus_jax import evaluation, experiment, methods, synthetic, uncertainty
@@ -111,13 +112,7 @@ def test_only_schemes_of_several_networks_declare_a_spread():
 
 @pytest.fixture(scope="module")
 def pair_run(tmp_path_factory):
-    config = tiny.get_config()
-    config.train.tensorboard = config.train.progress = False
-    config.train.num_steps = 3
-    config.data.synthetic_size_px = 64
-    workdir = tmp_path_factory.mktemp("pair") / "consensus"
-    experiment.fit(config, workdir)
-    return workdir
+    return train_tiny(tmp_path_factory.mktemp("pair") / "consensus", synthetic_size_px=64)
 
 
 def test_spread_ranks_the_error_where_one_half_is_much_noisier(pair_run):
