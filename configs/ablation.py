@@ -44,6 +44,17 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
             "consensus 2x patients": {"data.config": "quick_train2x"},
             "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
         },
+        # The same question for MRI (configs/mri_quick_long.py, 4,000 steps; the 2x set is built
+        # with --config.extra_train_patients=8, see docs/EXPERIMENTS.md). Whole 128 px images
+        # at batch 4 (the same pixels per step as 16 patches of 64 px) show each network the
+        # aliasing along the whole phase-encode direction.
+        "mri_overfitting": {
+            "consensus augment": {"train.augment": True},
+            "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
+            "consensus beta_w=1e-4": {"loss.beta_w": 1e-4},
+            "consensus 2x patients": {"data.config": "quick_train2x"},
+            "consensus full-width patches": {"train.patch_size_px": 128, "train.batch_size": 4},
+        },
         # One network distilled from a trained pair (the teacher: make demo's consensus run on
         # CT, make ablation-mri's seed-0 consensus run on MRI).
         "distill_ct": {"distilled": {"loss.kind": "distill", "loss.beta_r": 0.0,

@@ -33,8 +33,13 @@ class PatientSource:
     location: str
 
 
-def split_of(index: int, num_train: int, num_test: int) -> str:
-    """The split of the patient at position ``index`` of the patient list."""
+def split_of(index: int, num_train: int, num_test: int, num_validation: int | None = None
+             ) -> str:
+    """The split of the patient at position ``index`` of the patient list: train, test,
+    validation, then (given ``num_validation``) extra training patients after the validation
+    ones, so that a larger training set leaves every other patient where it was."""
+    if num_validation is not None and index >= num_train + num_test + num_validation:
+        return "train"
     if index < num_train:
         return "train"
     return "test" if index < num_train + num_test else "validation"

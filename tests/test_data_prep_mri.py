@@ -268,3 +268,23 @@ def test_values_out_of_range_are_refused_before_building(tmp_path, change, words
             prep.main(["--config=tiny", change, *name, f"--data_dir={tmp_path / 'd'}"])
         assert words in str(err.value)
     assert not (tmp_path / "d").exists()
+
+
+def test_extra_training_patients_leave_every_other_patient_unchanged():
+    import dataclasses
+
+    quick = builder_lib.PRESETS["quick"]
+    base = builder_lib.list_patients(quick, None)
+    more_config = dataclasses.replace(quick, extra_train_patients=3)
+    more = builder_lib.list_patients(more_config, None)
+    assert more[:len(base)] == base  # same ids, splits, slices and so the same slice keys
+    assert [p.split for p in more[len(base):]] == ["train"] * 3
+    assert len({p.patient_id for p in more}) == len({p.location for p in more}) == len(more)
+    assert more_config.metadata()["extra_train_patients"] == 3
+    test_patient = next(p for p in base if p.split == "test")
+    np.testing.assert_array_equal(builder_lib.load_images(quick, test_patient),
+                                  builder_lib.load_images(more_config, test_patient))
+    with pytest.raises(ConfigError, match="extra_train_patients=-1"):
+        dataclasses.replace(quick, extra_train_patients=-1).validate()
+    with pytest.raises(ConfigError, match="mni source divides one template"):
+        dataclasses.replace(builder_lib.PRESETS["mni"], extra_train_patients=2).validate()

@@ -312,7 +312,7 @@ def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSour
         raise ConfigError(f"extra_train_patients must be >= 0, got {config.extra_train_patients}.")
 
     def split_of(i: int) -> str:
-        return "train" if i >= n_listed else splits.split_of(i, n_train, n_test)
+        return splits.split_of(i, n_train, n_test, config.num_validation_patients)
     if config.source == "phantom":
         total = abdomen.ABDOMEN_LENGTH_MM / abdomen.SLICE_SPACING_MM
         rng = np.random.default_rng([config.seed, 7])

@@ -75,6 +75,10 @@ class MriConfig(tfds.core.BuilderConfig):
       num_train_patients, num_test_patients: paper 16 and 4.
       num_validation_patients: whole patients held out for model selection (not in the paper);
         listed after the test patients.
+      extra_train_patients: more training patients, listed after the validation patients, so
+        that a larger training set keeps every other patient (and so the test and validation
+        sets) as they were; knee and fastmri sources (the mni source divides one template
+        among its listed patients).
       slices_per_patient: slices per patient (paper: 31 to 35); fastmri: 0 takes every slice
         of a file, n > 0 at most n slices drawn at random.
       validation_holdout_fraction: on validation slices only, this fraction of the measured
@@ -100,6 +104,7 @@ class MriConfig(tfds.core.BuilderConfig):
     num_train_patients: int = 16
     num_test_patients: int = 4
     num_validation_patients: int = 2
+    extra_train_patients: int = 0
     slices_per_patient: int = 32
     seed: int = 0
     num_splits: int = 2
@@ -155,6 +160,12 @@ class MriConfig(tfds.core.BuilderConfig):
                               f"width_px (got {self.height_px} x {self.width_px}).")
         splits.check_patient_counts(self.num_train_patients, self.num_test_patients,
                              self.num_validation_patients)
+        if self.extra_train_patients < 0:
+            raise bad("extra_train_patients", "must be a whole number >= 0.")
+        if self.extra_train_patients and self.source == "mni":
+            raise bad("extra_train_patients", "the mni source divides one template's slices "
+                      "among its listed patients, so extra patients would change every split; "
+                      "raise num_train_patients instead (a new test set) or use the knee source.")
         if self.slices_per_patient < (0 if self.source == "fastmri" else 1):
             raise ConfigError(f"slices_per_patient={self.slices_per_patient}: ask for at least one "
                               "slice per patient (fastmri: 0 takes every slice).")
@@ -200,6 +211,8 @@ class MriConfig(tfds.core.BuilderConfig):
             "seed": self.seed, "num_train_patients": self.num_train_patients,
             "num_test_patients": self.num_test_patients,
             "num_validation_patients": self.num_validation_patients,
+            **({"extra_train_patients": self.extra_train_patients}
+               if self.extra_train_patients else {}),
             "slices_per_patient": self.slices_per_patient,
             # Datasets of the paper's pair carry no num_splits, as before it was a setting.
             **({"num_splits": self.num_splits,
@@ -274,8 +287,9 @@ def list_patients(config: MriConfig, manual_dir: Path | None) -> list[PatientSou
     """Patients of every split (train first), deterministic in ``config.seed``."""
     config.validate()
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    n_all = n_train + n_test + config.num_validation_patients
-    split = lambda i: splits.split_of(i, n_train, n_test)  # noqa: E731
+    n_all = n_train + n_test + config.num_validation_patients + config.extra_train_patients
+    n_val = config.num_validation_patients
+    split = lambda i: splits.split_of(i, n_train, n_test, n_val)  # noqa: E731
     num = config.slices_per_patient
     if config.source == "phantom":
         out = []
@@ -312,13 +326,14 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
             f"which is {manual_dir!r}. Point it at a folder with one .h5 file per patient.")
     files = sorted(Path(manual_dir).glob("*.h5"))
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    n_all = n_train + n_test + config.num_validation_patients
+    n_all = n_train + n_test + config.num_validation_patients + config.extra_train_patients
     if len(files) < n_all:
         raise InputError(f"{manual_dir} holds {len(files)} .h5 files; the config needs "
-                         f"{n_train} + {n_test} + {config.num_validation_patients} patients "
-                         "(train, test, validation). Add files or lower num_train_patients/"
-                         "num_test_patients/num_validation_patients (--config.<field>=... "
-                         "--config.name=...).")
+                         f"{n_train} + {n_test} + {config.num_validation_patients} + "
+                         f"{config.extra_train_patients} patients (train, test, validation, "
+                         "extra train). Add files or lower num_train_patients/"
+                         "num_test_patients/num_validation_patients/extra_train_patients "
+                         "(--config.<field>=... --config.name=...).")
     order = np.random.default_rng([config.seed, 11]).permutation(len(files))
     out = []
     for i, k in enumerate(order[:n_all]):
@@ -335,7 +350,8 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
         if 0 < config.slices_per_patient < num_slices:
             rng = np.random.default_rng([config.seed, zlib.crc32(path.stem.encode())])
             slices = np.sort(rng.choice(num_slices, config.slices_per_patient, replace=False))
-        out.append(PatientSource(path.stem, i, splits.split_of(i, n_train, n_test),
+        out.append(PatientSource(path.stem, i, splits.split_of(
+                                     i, n_train, n_test, config.num_validation_patients),
                                  tuple(int(s) for s in slices), str(path)))
     return out
 
