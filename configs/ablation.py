@@ -50,10 +50,10 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
         # aliasing along the whole phase-encode direction.
         "mri_overfitting": {
             "consensus augment": {"train.augment": True},
-            "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
-            "consensus beta_w=1e-4": {"loss.beta_w": 1e-4},
-            "consensus 2x patients": {"data.config": "quick_train2x"},
             "consensus full-width patches": {"train.patch_size_px": 128, "train.batch_size": 4},
+            "consensus 2x patients": {"data.config": "quick_train2x"},
+            "consensus beta_w=1e-4": {"loss.beta_w": 1e-4},
+            "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
         },
         # One network distilled from a trained pair (the teacher: make demo's consensus run on
         # CT, make ablation-mri's seed-0 consensus run on MRI).
