@@ -55,6 +55,21 @@ def test_k_way_grid_rows_train_k_networks_on_k_way_presets():
         assert grid[name]["data.num_splits"] == k and grid[name]["data.config"] == preset
 
 
+def test_mri_overfitting_grid_changes_one_setting_of_the_long_mri_config():
+    from configs import mri_quick_long
+    from data_prep.mri_consensus.mri_consensus_dataset_builder import PRESETS
+
+    base = mri_quick_long.get_config()
+    assert base.train.num_steps == 4000 and not base.train.augment
+    quick = PRESETS[base.data.config]
+    for name, overrides in grids.get_grid("mri_overfitting").items():
+        config = apply_overrides(base, overrides)  # refuses a key the config lacks
+        pixels = config.train.batch_size * config.train.patch_size_px ** 2
+        assert pixels == base.train.batch_size * base.train.patch_size_px ** 2, name
+    whole = apply_overrides(base, grids.get_grid("mri_overfitting")["consensus full-width patches"])
+    assert whole.train.patch_size_px == quick.width_px == quick.height_px
+
+
 def test_step_cost_counts_k_networks_and_k_inputs():
     one = ablation.compiled_step_cost(_tiny(**{"loss.kind": "noise2clean",
                                                "loss.beta_r": 0.0}))
