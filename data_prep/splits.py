@@ -33,14 +33,11 @@ class PatientSource:
     location: str
 
 
-def split_of(index: int, num_train: int, num_test: int, num_validation: int | None = None
-             ) -> str:
+def split_of(index: int, num_train: int, num_test: int, num_validation: int) -> str:
     """The split of the patient at position ``index`` of the patient list: train, test,
-    validation, then (given ``num_validation``) extra training patients after the validation
-    ones, so that a larger training set leaves every other patient where it was."""
-    if num_validation is not None and index >= num_train + num_test + num_validation:
-        return "train"
-    if index < num_train:
+    validation, then extra training patients after the validation ones, so that a larger
+    training set leaves every other patient where it was."""
+    if index < num_train or index >= num_train + num_test + num_validation:
         return "train"
     return "test" if index < num_train + num_test else "validation"
 
