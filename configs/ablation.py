@@ -55,6 +55,17 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
             "consensus beta_w=1e-4": {"loss.beta_w": 1e-4},
             "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
         },
+        # Does the MRI result carry to other anatomy? The three methods and two changes of the
+        # pair's training, scored on their own test split and, with ablation.py --test_data, on
+        # another preset's (the knees' runs on mni and the reverse; docs/EXPERIMENTS.md). The
+        # first three share their workdirs with the methods grid under the same --root.
+        "mri_transfer": {
+            "noise2clean": {"loss.kind": "noise2clean", "loss.beta_r": 0.0},
+            "noise2noise": n2n,
+            "consensus": {},
+            "consensus augment": {"train.augment": True},
+            "consensus full-width patches": {"train.patch_size_px": 128, "train.batch_size": 4},
+        },
         # One network distilled from a trained pair (the teacher: make demo's consensus run on
         # CT, make ablation-mri's seed-0 consensus run on MRI).
         "distill_ct": {"distilled": {"loss.kind": "distill", "loss.beta_r": 0.0,

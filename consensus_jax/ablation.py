@@ -4,7 +4,9 @@ Each setting is a set of config overrides (e.g. ``{"loss.beta_r": 0.0}``); each 
 trains into ``<root>/<setting>/seed<k>`` (resumable, never retrained once finished). The table
 gives, per setting, the mean +- std over seeds of the per-run mean over test slices, and the mean
 of the per-run std over slices in brackets, against each reference. A setting may train on
-another dataset (``data.config``, e.g. a K-way preset); its test split is read for it. A second
+another dataset (``data.config``, e.g. a K-way preset); its test split is read for it. With
+``test_data`` every run is scored on that preset's test split instead (a transfer test: trained
+on one set, applied to another of the same builder), beside that set's baselines. A second
 table gives what a training step costs per setting: the networks trained, their parameters, the
 seconds per step measured in the runs, and XLA's memory for one compiled step.
 """
@@ -102,14 +104,26 @@ def _test_images(cache: dict, config: ml_collections.ConfigDict) -> dict[str, np
     return cache[key]
 
 
+def _scored_on(config: ml_collections.ConfigDict, test_data: str | None
+               ) -> ml_collections.ConfigDict:
+    """The config whose test split scores a run of ``config``: its own, or ``test_data``'s."""
+    return apply_overrides(config, {"data.config": test_data}) if test_data else config
+
+
 def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str, Any]],
-             seeds: Sequence[int], root: str | Path, out_dir: str | Path) -> Path:
-    """Trains and evaluates every (setting, seed); writes ablation.md and ablation.json."""
+             seeds: Sequence[int], root: str | Path, out_dir: str | Path,
+             test_data: str | None = None) -> Path:
+    """Trains and evaluates every (setting, seed); writes ablation.md and ablation.json.
+
+    ``test_data``: a preset of the base dataset's builder (e.g. "mni" for runs trained on the
+    MRI "quick" knees) whose test split scores every run instead of the run's own; the runs are
+    trained (or reused) exactly as without it.
+    """
     root, out_dir = Path(root), Path(out_dir)
     modality = base.modality
     primary = jax.process_index() == 0  # all processes train and evaluate; one writes
     cache: dict = {}
-    images = _test_images(cache, base)
+    images = _test_images(cache, _scored_on(base, test_data))
     rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
     steps: dict[str, list[str]] = {}
     costs: dict[str, dict[str, Any]] = {}
@@ -126,9 +140,9 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
                 costs[name] = {**compiled_step_cost(config), "seconds_per_step": []}
             costs[name]["seconds_per_step"].append(
                 seconds_per_step(workdir, int(config.train.batch_size)))
-            outputs = evaluation.predict(method, params, _test_images(cache, config),
-                                         config.eval.batch_size)
-            for result in evaluation.score(modality, outputs, _test_images(cache, config)):
+            scored = _test_images(cache, _scored_on(config, test_data))
+            outputs = evaluation.predict(method, params, scored, config.eval.batch_size)
+            for result in evaluation.score(modality, outputs, scored):
                 label = name if len(outputs) == 1 else f"{name} [{result.method}]"
                 for metric, values in result.values.items():
                     key = f"{evaluation.METRIC_LABELS.get(metric, metric)} vs {result.reference}"
@@ -142,7 +156,11 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
             rows.setdefault(result.method, {})[key] = [(float(np.mean(values)),
                                                         float(np.std(values)))]
     columns = list(next(iter(rows.values())))
-    lines = [f"Ablation on {base.data.name}/{base.data.config} ({images['x1'].shape[0]} test "
+    where = f"{base.data.name}/{base.data.config}"
+    if test_data:
+        where = (f"runs trained on {where}, scored on the test split of {base.data.name}/"
+                 f"{test_data}")
+    lines = [f"Ablation on {where} ({images['x1'].shape[0]} test "
              f"slices), seeds {list(seeds)}: mean ± std over seeds of the per-run mean over "
              "slices [mean std over slices].", "",
              "| setting | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -165,6 +183,8 @@ def run_grid(base: ml_collections.ConfigDict, settings: Mapping[str, Mapping[str
     wd.atomic_write(out_dir / "ablation.md", table)
     wd.atomic_write(out_dir / "ablation.json", json.dumps(
         {"settings": {k: dict(v) for k, v in settings.items()}, "seeds": list(seeds),
+         "trained_on": f"{base.data.name}/{base.data.config}",
+         "scored_on": f"{base.data.name}/{test_data or base.data.config}",
          "rows": rows, "checkpoint_steps": steps, "step_costs": costs,
          "device": jax.devices()[0].device_kind}, indent=1))
     print(table)

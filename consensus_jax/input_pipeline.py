@@ -175,6 +175,12 @@ def _read_tfds(data_cfg: Any, split: str) -> dict[str, np.ndarray]:
     if split not in builder.info.splits:
         raise InputError(f"Split {split!r} not in {dataset_dir(data_cfg)}; it has "
                          f"{sorted(builder.info.splits)}.")
+    missing = [p for p in builder.info.splits[split].filepaths if not Path(p).exists()]
+    if missing:  # TensorFlow would fail mid-read with its own traceback
+        raise MissingInputError(
+            f"Split {split!r} of {dataset_dir(data_cfg)} lacks {len(missing)} of its files "
+            f"({Path(missing[0]).name}{', ...' if len(missing) > 1 else ''}): the dataset is "
+            "incomplete. Delete that folder and rerun the data_prep command that made it.")
     ds = builder.as_dataset(split=split, shuffle_files=False)
     columns: dict[str, list[np.ndarray]] = {}
     for example in tfds.as_numpy(ds):

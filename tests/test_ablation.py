@@ -121,3 +121,38 @@ def test_tiny_k_way_grid_runs_end_to_end_with_cost_columns(tmp_path):
     refs = {k.split(" vs ")[1] for row in result["rows"].values() for k in row}
     assert refs == {"full-dose FBP"}
     assert np.isfinite(result["rows"]["consensus K=3"]["RMSE (HU) vs full-dose FBP"][0][0])
+
+
+def test_test_data_trains_on_the_base_set_and_scores_on_another_presets_test_split(
+        tmp_path, tiny_mri_data_dir):
+    import shutil
+    from pathlib import Path
+
+    from configs import mri_tiny
+    from consensus_jax.errors import MissingInputError
+
+    # Two copies of the tiny set: "tiny" without its test split, "tiny_other" without its
+    # training split. The grid can only succeed by training on tiny and scoring on tiny_other.
+    src = Path(tiny_mri_data_dir) / "mri_consensus" / "tiny"
+    sets = tmp_path / "tfds" / "mri_consensus"
+    for name, drop in (("tiny", "-test."), ("tiny_other", "-train.")):
+        shutil.copytree(src, sets / name)
+        dropped = [f for f in (sets / name).rglob(f"*{drop}*")]
+        assert dropped
+        for f in dropped:
+            f.unlink()
+    config = mri_tiny.get_config()
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.train.tensorboard = config.train.progress = False
+    config.train.num_steps = config.train.eval_every_steps = config.train.checkpoint_every_steps = 2
+    out = ablation.run_grid(config, {"consensus": {}}, [0], tmp_path / "runs", tmp_path / "out",
+                            test_data="tiny_other")
+    assert ("runs trained on mri_consensus/tiny, scored on the test split of "
+            "mri_consensus/tiny_other") in out.read_text()
+    result = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    assert (result["trained_on"], result["scored_on"]) == ("mri_consensus/tiny",
+                                                           "mri_consensus/tiny_other")
+    assert {"consensus", "Zero-filling", "SENSE"} <= set(result["rows"])
+    # The same finished run scored on its own test split: the missing shard is named.
+    with pytest.raises(MissingInputError, match=r"lacks 1 of its files \(mri_consensus-test\."):
+        ablation.run_grid(config, {"consensus": {}}, [0], tmp_path / "runs", tmp_path / "own")
