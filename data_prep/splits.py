@@ -42,6 +42,12 @@ def split_of(index: int, num_train: int, num_test: int, num_validation: int) -> 
     return "test" if index < num_train + num_test else "validation"
 
 
+def num_patients(config: Any) -> int:
+    """Every patient a builder config lists: train, test, validation and extra training ones."""
+    return (config.num_train_patients + config.num_test_patients
+            + config.num_validation_patients + config.extra_train_patients)
+
+
 def check_patient_counts(num_train: int, num_test: int, num_validation: int) -> None:
     """Raises ValueError unless there is at least one training and one test patient."""
     if num_train < 1 or num_test < 1 or num_validation < 0:

@@ -167,7 +167,7 @@ def test_extra_training_patients_leave_every_other_patient_unchanged():
     extra = more[len(base):]
     assert [p.split for p in extra] == ["train"] * 3
     assert len({p.patient_id for p in more}) == len(more)
-    with pytest.raises(ValueError, match="extra_train_patients must be >= 0"):
+    with pytest.raises(ValueError, match="extra_train_patients=-1"):
         list_patients(dataclasses.replace(preset, extra_train_patients=-1), None)
 
 

@@ -304,12 +304,10 @@ PatientSource = splits.PatientSource
 
 def list_patients(config: CtConfig, manual_dir: Path | None) -> list[PatientSource]:
     """Patients of every split, deterministic in ``config.seed``."""
+    config.validate()
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    n_listed = n_train + n_test + config.num_validation_patients
-    n_all = n_listed + config.extra_train_patients
+    n_all = splits.num_patients(config)
     splits.check_patient_counts(n_train, n_test, config.num_validation_patients)
-    if config.extra_train_patients < 0:
-        raise ConfigError(f"extra_train_patients must be >= 0, got {config.extra_train_patients}.")
 
     def split_of(i: int) -> str:
         return splits.split_of(i, n_train, n_test, config.num_validation_patients)

@@ -287,7 +287,7 @@ def list_patients(config: MriConfig, manual_dir: Path | None) -> list[PatientSou
     """Patients of every split (train first), deterministic in ``config.seed``."""
     config.validate()
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    n_all = n_train + n_test + config.num_validation_patients + config.extra_train_patients
+    n_all = splits.num_patients(config)
     n_val = config.num_validation_patients
     split = lambda i: splits.split_of(i, n_train, n_test, n_val)  # noqa: E731
     num = config.slices_per_patient
@@ -326,7 +326,7 @@ def _fastmri_patients(config: MriConfig, manual_dir: Path | None) -> list[Patien
             f"which is {manual_dir!r}. Point it at a folder with one .h5 file per patient.")
     files = sorted(Path(manual_dir).glob("*.h5"))
     n_train, n_test = config.num_train_patients, config.num_test_patients
-    n_all = n_train + n_test + config.num_validation_patients + config.extra_train_patients
+    n_all = splits.num_patients(config)
     if len(files) < n_all:
         raise InputError(f"{manual_dir} holds {len(files)} .h5 files; the config needs "
                          f"{n_train} + {n_test} + {config.num_validation_patients} + "
