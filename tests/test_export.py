@@ -333,6 +333,28 @@ def test_noise_level_is_estimated_and_checked():
                                    1.0, 60.0, "scan.h5", False) == []
 
 
+def test_noise_level_check_reads_a_few_evenly_spread_slices(tmp_path, monkeypatch):
+    from test_mri_fastmri import COILS, KX, KY, _kspace, _write
+
+    from consensus_jax import denoise
+    from consensus_jax.mri import fastmri
+
+    path = _write(tmp_path / "scan.h5", _kspace((12, COILS, KX, KY)))
+    read, original = [], fastmri.read_fastmri_slices
+
+    def recording(path, slices=None, **kwargs):
+        read.append(None if slices is None else [int(i) for i in slices])
+        return original(path, slices, **kwargs)
+
+    monkeypatch.setattr(fastmri, "read_fastmri_slices", recording)
+    everything = np.mean([denoise.estimate_snr(s.kspace, s.acquired)
+                          for s in original(path)])
+    estimate = denoise._mean_snr(path, 12)
+    assert read == [[0, 3, 6, 8, 11]]  # not the whole file a second time
+    assert estimate == pytest.approx(everything, rel=0.2)
+    assert denoise._mean_snr(path, 2) and read[-1] == [0, 1]
+
+
 # --- the networks' spread (--uncertainty) --------------------------------------------------------
 
 def _one_image_pair(runs):
