@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # step, bench/PERF_LOG.md). Set it yourself when you run the programs without make.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: venv test test-multihost test-min-versions test-all lint demo demo-mri bench ablation ablation-mri ablation-k print-env
+.PHONY: venv test test-multihost test-min-versions test-all lint demo demo-mri bench ablation ablation-mri ablation-k transfer-mri print-env
 
 # Idempotent: (re)installs only when the venv is missing or setup.cfg/pyproject.toml changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -75,6 +75,18 @@ ablation-k: venv
 		--nobaselines || exit $$?; done
 	$(BIN)/python ablation.py --config=configs/ct_quick.py --grid=k_way --seeds=0,1,2 \
 		--root=work_dirs/ablation_k --out=results/ablation_k
+
+# Does the MRI result carry to other anatomy? The mri_transfer grid (3 seeds) trained on the
+# quick knees and on the MNI152 slices, each scored on its own test split and on the other's;
+# reuses finished datasets and runs (make ablation-mri's among them).
+TRANSFER := $(BIN)/python ablation.py --config=configs/mri_quick.py --grid=mri_transfer --seeds=0,1,2
+transfer-mri: venv
+	for preset in quick mni; do $(BIN)/python -m data_prep.mri --config=$$preset || exit $$?; done
+	$(TRANSFER) --root=work_dirs/mri_methods --out=results/mri_transfer_knee
+	$(TRANSFER) --root=work_dirs/mri_methods --out=results/mri_knee_on_mni --test_data=mni
+	$(TRANSFER) --config.data.config=mni --root=work_dirs/mri_mni --out=results/mri_transfer_mni
+	$(TRANSFER) --config.data.config=mni --root=work_dirs/mri_mni --out=results/mri_mni_on_knee \
+		--test_data=quick
 
 # Benchmarks need the bench extra (PyTorch CPU 2.13.0 and sigpy as references).
 $(BENCH_STAMP): $(STAMP)

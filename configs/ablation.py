@@ -3,8 +3,10 @@ beta_r with beta_w fixed). Each entry: name -> config overrides; seeds come from
 
 Run: make ablation (loss_terms on configs/ct_quick.py, seeds 0, 1, 2); make ablation-mri
 (methods on configs/mri_quick.py, seeds 0, 1, 2); make ablation-k (k_way on configs/ct_quick.py,
-seeds 0, 1, 2, after python -m data_prep.ct --config=quick_k3 and --config=quick_k4). The other grids' commands, their results and
-run times: docs/RESULTS.md and docs/EXPERIMENTS.md.
+seeds 0, 1, 2, after python -m data_prep.ct --config=quick_k3 and --config=quick_k4); make
+transfer-mri (mri_transfer on configs/mri_quick.py with the quick and the mni set, each scored on
+both, seeds 0, 1, 2). The other grids' commands, their results and run times: docs/RESULTS.md
+and docs/EXPERIMENTS.md.
 """
 
 from consensus_jax.errors import ConfigError
