@@ -14,6 +14,11 @@ from consensus_jax.errors import ConfigError
 
 def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
     n2n = {"loss.kind": "noise2noise", "loss.beta_r": 0.0}
+    # The three trained methods of Tables 1-2 as the config defines them, for seed statistics.
+    methods = {"noise2clean": {"loss.kind": "noise2clean", "loss.beta_r": 0.0},
+               "noise2noise": n2n, "consensus": {}}
+    # MRI quick: whole 128 px images at batch 4, the pixels per step of 16 patches of 64 px.
+    whole_images = {"train.patch_size_px": 128, "train.batch_size": 4}
     grids = {
         # The four corners of Eq. 12 and the baselines trained the same way.
         "loss_terms": {
@@ -24,12 +29,7 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
             "consensus Ln+Lr": {"loss.beta_w": 0.0},
             "consensus Ln+Lw+Lr": {},
         },
-        # The three trained methods of Tables 1-2 as the config defines them, for seed statistics.
-        "methods": {
-            "noise2clean": {"loss.kind": "noise2clean", "loss.beta_r": 0.0},
-            "noise2noise": n2n,
-            "consensus": {},
-        },
+        "methods": methods,
         # The two baselines trained like the proposed method (long runs: one seed each).
         "baselines": {
             "noise2clean": {"loss.kind": "noise2clean", "loss.beta_r": 0.0},
@@ -52,7 +52,7 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
         # aliasing along the whole phase-encode direction.
         "mri_overfitting": {
             "consensus augment": {"train.augment": True},
-            "consensus full-width patches": {"train.patch_size_px": 128, "train.batch_size": 4},
+            "consensus full-width patches": whole_images,
             "consensus 2x patients": {"data.config": "quick_train2x"},
             "consensus beta_w=1e-4": {"loss.beta_w": 1e-4},
             "consensus beta_w=1e-5": {"loss.beta_w": 1e-5},
@@ -61,13 +61,8 @@ def get_grid(kind: str = "loss_terms") -> dict[str, dict]:
         # pair's training, scored on their own test split and, with ablation.py --test_data, on
         # another preset's (the knees' runs on mni and the reverse; docs/EXPERIMENTS.md). The
         # first three share their workdirs with the methods grid under the same --root.
-        "mri_transfer": {
-            "noise2clean": {"loss.kind": "noise2clean", "loss.beta_r": 0.0},
-            "noise2noise": n2n,
-            "consensus": {},
-            "consensus augment": {"train.augment": True},
-            "consensus full-width patches": {"train.patch_size_px": 128, "train.batch_size": 4},
-        },
+        "mri_transfer": {**methods, "consensus augment": {"train.augment": True},
+                         "consensus full-width patches": whole_images},
         # One network distilled from a trained pair (the teacher: make demo's consensus run on
         # CT, make ablation-mri's seed-0 consensus run on MRI).
         "distill_ct": {"distilled": {"loss.kind": "distill", "loss.beta_r": 0.0,

@@ -137,7 +137,7 @@ def test_test_data_trains_on_the_base_set_and_scores_on_another_presets_test_spl
     sets = tmp_path / "tfds" / "mri_consensus"
     for name, drop in (("tiny", "-test."), ("tiny_other", "-train.")):
         shutil.copytree(src, sets / name)
-        dropped = [f for f in (sets / name).rglob(f"*{drop}*")]
+        dropped = list((sets / name).rglob(f"*{drop}*"))
         assert dropped
         for f in dropped:
             f.unlink()
